@@ -1,0 +1,381 @@
+"""Exact input-output Jacobians of any ``nn.Module`` or function, and their spectra.
+
+The Jacobian of a map f from an input tensor of shape ``in_shape`` to an output tensor
+of shape ``out_shape`` is materialised as an (m, n) matrix with m = prod(out_shape) and
+n = prod(in_shape): a (T, D) sequence gives a (T*D) x (T*D) matrix. It is built with
+``torch.func``:
+
+* ``forward`` mode pushes n tangent vectors through ``jvp``; ``auto`` picks it when n < m.
+* ``reverse`` mode pulls m cotangent vectors through one ``vjp``; ``auto`` picks it when
+  m <= n. For square Transformer Jacobians reverse mode was 1.3 to 2 times faster than
+  forward mode on a 2-core CPU (PyTorch 2.13, float64).
+
+Both run in chunks of basis vectors batched with ``vmap``; the chunk size follows a
+memory budget. The whole computation runs under ``torch.no_grad()``: function
+transforms still differentiate with respect to the input, but parameters that require
+gradients build no autograd graph and receive no ``.grad``.
+
+Dense matrices stop at a few thousand dimensions; larger maps need matrix-free methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.func import functional_call, jvp, vjp, vmap
+from tqdm.auto import tqdm
+
+from .result import JacobianSpectrum
+
+JACOBIAN_MODES: tuple[str, ...] = ("auto", "forward", "reverse")
+MODULE_MODES: tuple[str, ...] = ("eval", "train", "as_is")
+DEFAULT_MEMORY_BUDGET: int = 2 * 2**30  # bytes
+
+# The Jacobian is stored once and copied once more by the SVD.
+_MATRIX_COPIES = 2
+
+
+class JacobianTooLargeError(ValueError):
+    """The dense Jacobian would not fit in the memory budget."""
+
+
+class NonFiniteError(ValueError):
+    """An input, output or Jacobian contains NaN or infinity."""
+
+
+def format_bytes(num_bytes: float) -> str:
+    """Format a byte count with a binary unit, e.g. ``1.5 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(num_bytes) < 1024 or unit == "TiB":
+            return f"{num_bytes:.1f} {unit}" if unit != "B" else f"{int(num_bytes)} B"
+        num_bytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
+    bad = (~torch.isfinite(tensor)).sum().item()
+    if bad:
+        raise NonFiniteError(f"{what} contains {bad} non-finite value(s) (NaN or inf) out of {tensor.numel()}; {fix}")
+
+
+def _batch_norms_in_training(module: nn.Module) -> list[str]:
+    return [
+        name or type(module).__name__
+        for name, child in module.named_modules()
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and child.training
+    ]
+
+
+@contextlib.contextmanager
+def analysis_call(
+    fn: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    module_mode: str,
+    dtype: torch.dtype,
+) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """Yield a pure function of the input that evaluates ``fn`` for analysis.
+
+    For a module: every submodule is put in ``module_mode`` (``eval``, ``train``, or
+    ``as_is`` to leave the modes alone), and the module is called through
+    ``functional_call`` with detached parameters and cloned buffers cast to ``dtype``.
+    The caller's module keeps its parameters, buffers and dtype, and each submodule's
+    training flag is restored on exit, also after an error.
+
+    A plain function is called as it is; it must accept inputs of ``dtype``.
+
+    Raises ValueError for BatchNorm in training mode: batch statistics couple the
+    samples of a batch, so a per-sample Jacobian is not defined.
+    """
+    _check_choice("module_mode", module_mode, MODULE_MODES)
+    if not isinstance(fn, nn.Module):
+        yield fn
+        return
+
+    saved_modes = [(child, child.training) for child in fn.modules()]
+    try:
+        if module_mode == "eval":
+            fn.eval()
+        elif module_mode == "train":
+            fn.train()
+        training_norms = _batch_norms_in_training(fn)
+        if training_norms:
+            raise ValueError(
+                f"BatchNorm in training mode ({', '.join(training_norms)}) normalises with the "
+                f"statistics of the batch, so one sample's output depends on the other samples "
+                f"and a per-sample Jacobian is not defined; analyse with module_mode='eval', "
+                f"which uses the running statistics"
+            )
+        tensors = {
+            name: p.detach().to(dtype) if p.is_floating_point() else p.detach()
+            for name, p in fn.named_parameters()
+        }
+        tensors.update(
+            {
+                name: b.detach().to(dtype, copy=True) if b.is_floating_point() else b.detach().clone()
+                for name, b in fn.named_buffers()
+            }
+        )
+        yield lambda x: functional_call(fn, tensors, (x,))
+    finally:
+        for child, training in saved_modes:
+            child.training = training
+
+
+def _check_devices(fn: object, x: torch.Tensor) -> None:
+    if not isinstance(fn, nn.Module):
+        return
+    first = next(itertools.chain(fn.named_parameters(), fn.named_buffers()), None)
+    if first is not None and first[1].device != x.device:
+        name, tensor = first
+        raise ValueError(
+            f"inputs are on {x.device} but the module's tensor {name!r} is on {tensor.device}; "
+            f"move the inputs or the module to one device"
+        )
+
+
+def _saved_bytes_per_direction(call: Callable, x: torch.Tensor) -> int:
+    """Estimate the memory one tangent or cotangent direction needs: the bytes autograd
+    saves for one backward pass through ``call`` at ``x``, plus input and output."""
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = call(x.detach().clone().requires_grad_(True))
+    return total + (x.numel() + out.numel()) * x.element_size()
+
+
+@contextlib.contextmanager
+def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Fork the global RNG and seed it, so every pass sees the same dropout masks and the
+    caller's RNG state is left untouched."""
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        if devices:
+            with torch.cuda.device(devices[0]):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def _reverse_jacobian(call, x, out_numel, chunk_size, seed, device) -> torch.Tensor:
+    n = x.numel()
+    jacobian = x.new_empty(out_numel, n)
+    with _seeded_rng(seed, device):
+        out, vjp_fn = vjp(call, x)
+    for start in range(0, out_numel, chunk_size):
+        stop = min(start + chunk_size, out_numel)
+        cotangents = torch.zeros(stop - start, out_numel, dtype=x.dtype, device=x.device)
+        cotangents[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+        (rows,) = vmap(vjp_fn)(cotangents.reshape(stop - start, *out.shape))  # (c, *in_shape)
+        jacobian[start:stop] = rows.reshape(stop - start, n)
+    return jacobian
+
+
+def _forward_jacobian(call, x, out_numel, chunk_size, seed, device) -> torch.Tensor:
+    n = x.numel()
+    jacobian = x.new_empty(out_numel, n)
+
+    def push(tangent: torch.Tensor) -> torch.Tensor:
+        return jvp(call, (x,), (tangent,))[1]
+
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        tangents = torch.zeros(stop - start, n, dtype=x.dtype, device=x.device)
+        tangents[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+        with _seeded_rng(seed, device):
+            columns = vmap(push, randomness="same")(tangents.reshape(stop - start, *x.shape))  # (c, *out_shape)
+        jacobian[:, start:stop] = columns.reshape(stop - start, out_numel).T
+    return jacobian
+
+
+def _jacobian_of_call(
+    call: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    mode: str,
+    memory_budget: int,
+    chunk_size: int | None,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Size, str]:
+    """Return (J, output shape, mode used) for a prepared pure ``call``; runs under no_grad."""
+    with _seeded_rng(seed, x.device):
+        out = call(x)
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        raise ValueError(
+            f"the function must return one floating-point tensor, got {type(out).__name__}"
+            + (f" of dtype {out.dtype}" if isinstance(out, torch.Tensor) else "")
+            + "; wrap it so that it returns the tensor to differentiate"
+        )
+    _check_finite(out, "the model's output", "check the model's weights and inputs, or analyse in float64")
+
+    n, m = x.numel(), out.numel()
+    matrix_bytes = m * n * x.element_size()
+    if _MATRIX_COPIES * matrix_bytes > memory_budget:
+        raise JacobianTooLargeError(
+            f"the Jacobian is {m} x {n} in {str(x.dtype).removeprefix('torch.')}, "
+            f"{format_bytes(matrix_bytes)}, and needs about {format_bytes(_MATRIX_COPIES * matrix_bytes)} with "
+            f"its SVD, over the memory budget of {format_bytes(memory_budget)}; use a shorter sequence "
+            f"or a smaller width, or raise memory_budget"
+        )
+    if mode == "auto":
+        mode = "forward" if n < m else "reverse"
+    directions = n if mode == "forward" else m
+    if chunk_size is None:
+        with _seeded_rng(seed, x.device):
+            per_direction = _saved_bytes_per_direction(call, x)
+        spare = memory_budget - _MATRIX_COPIES * matrix_bytes
+        chunk_size = int(min(directions, max(1, spare // max(per_direction, 1))))
+    build = _forward_jacobian if mode == "forward" else _reverse_jacobian
+    jacobian = build(call, x, m, chunk_size, seed, x.device)
+    return jacobian, out.shape, mode
+
+
+def _validate_inputs(x: torch.Tensor, what: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{what} have dtype {x.dtype}, but a Jacobian needs floating-point inputs; for a "
+            f"language model, differentiate the encoder at the embeddings, e.g. "
+            f"jacobian_spectrum(model.encoder, model.embed(tokens))"
+        )
+    _check_finite(x, what, "remove or replace the non-finite entries before the analysis")
+
+
+def jacobian_matrix(
+    fn: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    mode: str = "auto",
+    dtype: torch.dtype | None = None,
+    module_mode: str = "eval",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    chunk_size: int | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Compute the dense Jacobian of ``fn`` at ``x``; shape (prod(out.shape), prod(x.shape)).
+
+    Args:
+        fn: a module or a function of one tensor that returns one tensor.
+        x: the point of evaluation, passed to ``fn`` as it is (include any batch dimension
+            the module needs; a batch of B samples gives a Jacobian that couples them).
+        mode: ``forward``, ``reverse`` or ``auto`` (forward when n < m, else reverse).
+        dtype: floating type of the computation; default ``x.dtype``. A module's
+            parameters are cast for the analysis only.
+        module_mode: ``eval`` (default: dropout off, BatchNorm uses running statistics),
+            ``train`` (dropout on, one mask shared by all directions), or ``as_is``.
+        memory_budget: bytes allowed for the Jacobian, its SVD copy and the batched
+            directions; ``JacobianTooLargeError`` is raised before allocating if the matrix
+            alone does not fit.
+        chunk_size: directions per batched pass; default: as many as the budget allows.
+        seed: seed of the dropout masks in ``train`` mode; the caller's RNG is not used.
+
+    Raises:
+        JacobianTooLargeError, NonFiniteError, ValueError: with the value and the fix.
+    """
+    _check_choice("Jacobian mode", mode, JACOBIAN_MODES)
+    _validate_inputs(x, "inputs")
+    dtype = dtype or x.dtype
+    _check_devices(fn, x)
+    x = x.detach().to(dtype)
+    with torch.no_grad(), analysis_call(fn, module_mode, dtype) as call:
+        jacobian, _, _ = _jacobian_of_call(
+            call, x, mode=mode, memory_budget=memory_budget, chunk_size=chunk_size, seed=seed
+        )
+    _check_finite(jacobian, "the Jacobian", "analyse in float64 or at a smaller depth")
+    return jacobian
+
+
+def singular_values(matrix: torch.Tensor) -> torch.Tensor:
+    """Return the singular values of ``matrix`` in descending order.
+
+    If the SVD fails to converge in the matrix's dtype it is retried in float64.
+    """
+    try:
+        return torch.linalg.svdvals(matrix)
+    except torch.linalg.LinAlgError:
+        if matrix.dtype == torch.float64:
+            raise
+        return torch.linalg.svdvals(matrix.to(torch.float64))
+
+
+def jacobian_spectrum(
+    fn: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    *,
+    mode: str = "auto",
+    dtype: torch.dtype | None = None,
+    module_mode: str = "eval",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    chunk_size: int | None = None,
+    zero_rtol: float | None = None,
+    seed: int = 0,
+    labels: dict[str, object] | None = None,
+    progress: bool = False,
+) -> JacobianSpectrum:
+    """Compute the singular values of the per-sample input-output Jacobian of ``fn``.
+
+    ``inputs`` has shape (B, *in_shape). Sample b is passed as ``inputs[b:b+1]``, a batch
+    of one, so modules that need a batch dimension work; its Jacobian is taken with
+    respect to that sample alone. To analyse part of a model, pass that part, e.g.
+    ``model.encoder`` with embeddings as inputs, or ``model.stack`` of an MLP.
+
+    ``zero_rtol`` sets which singular values count as exact zeros (see
+    ``JacobianSpectrum``). ``labels`` (e.g. variant and depth) are copied into the
+    result's frames. Other arguments are those of ``jacobian_matrix``.
+    """
+    _check_choice("Jacobian mode", mode, JACOBIAN_MODES)
+    _validate_inputs(inputs, "inputs")
+    if inputs.dim() < 1 or inputs.shape[0] == 0:
+        raise ValueError(
+            f"inputs must have shape (B, *in_shape) with B >= 1, got {tuple(inputs.shape)}"
+        )
+    dtype = dtype or inputs.dtype
+    _check_devices(fn, inputs)
+    inputs = inputs.detach().to(dtype)
+
+    rows = []
+    used_mode = mode
+    out_shape: tuple[int, ...] = ()
+    with torch.no_grad(), analysis_call(fn, module_mode, dtype) as call:
+        for b in tqdm(range(inputs.shape[0]), desc="Jacobians", disable=not progress, leave=False):
+            try:
+                jacobian, out_full_shape, used_mode = _jacobian_of_call(
+                    call, inputs[b : b + 1], mode=mode, memory_budget=memory_budget,
+                    chunk_size=chunk_size, seed=seed,
+                )
+            except NonFiniteError as error:
+                raise NonFiniteError(f"sample {b}: {error}") from None
+            _check_finite(jacobian, f"the Jacobian of sample {b}", "analyse in float64 or at a smaller depth")
+            rows.append(singular_values(jacobian).to("cpu", torch.float64))
+            out_shape = tuple(out_full_shape[1:]) if out_full_shape[:1] == (1,) else tuple(out_full_shape)
+            del jacobian
+
+    in_shape = tuple(inputs.shape[1:])
+    if zero_rtol is None:
+        zero_rtol = max(math.prod(in_shape), math.prod(out_shape)) * torch.finfo(dtype).eps
+    return JacobianSpectrum(
+        singular_values=torch.stack(rows),
+        in_shape=in_shape,
+        out_shape=out_shape,
+        zero_rtol=float(zero_rtol),
+        mode=used_mode,
+        dtype=str(dtype).removeprefix("torch."),
+        module_mode=module_mode,
+        labels=dict(labels or {}),
+    )

@@ -1,0 +1,192 @@
+"""Named studies built from the models, spectra, data and plots.
+
+``spectrum_study`` compares the input-output Jacobian spectra of residual variants at
+several depths, at initialisation, on embedded text or Gaussian inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._checks import check_positive_int
+from .data.text import DEFAULT_CORPUS_NAME, CharVocabulary, default_corpus, text_windows
+from .models import ACTIVATIONS, WEIGHT_INITS, DeepMLP, TransformerEncoder
+from .residual import check_variant
+from .spectra import DEFAULT_MEMORY_BUDGET, JACOBIAN_MODES, jacobian_spectrum
+
+log = logging.getLogger(__name__)
+
+MODELS: tuple[str, ...] = ("transformer", "mlp")
+INPUT_KINDS: tuple[str, ...] = ("text", "gaussian")
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class SpectrumConfig:
+    """Settings of a spectrum study; every field has a default that runs on a 2-core CPU.
+
+    For the Transformer each input is a sequence of ``seq_len`` tokens of width
+    ``width`` (= d_model), so each Jacobian is (seq_len * width) square. For the MLP each
+    input is one vector of ``width``.
+    """
+
+    model: str = "transformer"
+    variants: tuple[str, ...] = ("post_norm", "pre_norm", "rezero")
+    depths: tuple[int, ...] = (4, 12, 64)
+    width: int = 64
+    heads: int = 4
+    d_ff: int | None = None
+    seq_len: int = 16
+    num_inputs: int = 4
+    inputs: str = "text"
+    alpha_init: float = 0.0
+    activation: str = "tanh"
+    init: str = "gaussian"
+    sigma_w: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float64"
+    mode: str = "auto"
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+
+    def validate(self) -> "SpectrumConfig":
+        """Return self, or raise ValueError naming the first invalid setting and the fix."""
+        _check_in("model", self.model, MODELS)
+        _check_in("inputs", self.inputs, INPUT_KINDS)
+        _check_in("dtype", self.dtype, tuple(DTYPES))
+        _check_in("Jacobian mode", self.mode, JACOBIAN_MODES)
+        _check_in("activation", self.activation, ACTIVATIONS)
+        _check_in("init", self.init, WEIGHT_INITS)
+        if not self.variants:
+            raise ValueError("no variants given; name at least one, e.g. rezero")
+        for variant in self.variants:
+            check_variant(variant)
+        if not self.depths:
+            raise ValueError("no depths given; name at least one, e.g. 12")
+        for depth in self.depths:
+            check_positive_int("depth", depth)
+        for name in ("width", "heads", "seq_len", "num_inputs"):
+            check_positive_int(name, getattr(self, name))
+        if self.model == "transformer" and self.width % self.heads != 0:
+            raise ValueError(
+                f"width={self.width} is not divisible by heads={self.heads}; pick heads that divide the width"
+            )
+        if not math.isfinite(self.alpha_init) or not math.isfinite(self.sigma_w):
+            raise ValueError(f"alpha_init and sigma_w must be finite, got {self.alpha_init} and {self.sigma_w}")
+        if self.memory_budget <= 0:
+            raise ValueError(f"memory_budget must be positive, got {self.memory_budget} bytes")
+        return self
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Per-sample input shape: (seq_len, width) for the Transformer, (width,) for the MLP."""
+        return (self.seq_len, self.width) if self.model == "transformer" else (self.width,)
+
+
+def _check_in(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
+def build_stack(config: SpectrumConfig, variant: str, depth: int) -> nn.Module:
+    """Build the hidden-to-hidden block stack the study differentiates, at initialisation."""
+    if config.model == "transformer":
+        return TransformerEncoder(
+            config.width, depth, heads=config.heads, d_ff=config.d_ff, variant=variant,
+            alpha_init=config.alpha_init,
+        )
+    return DeepMLP(
+        config.width, depth, activation=config.activation, variant=variant, init=config.init,
+        sigma_w=config.sigma_w, alpha_init=config.alpha_init,
+    ).stack
+
+
+def study_inputs(config: SpectrumConfig) -> torch.Tensor:
+    """Make the study's inputs, (num_inputs, *input_shape), in float32 on the CPU.
+
+    ``text``: windows of ``seq_len`` characters drawn from the embedded corpus, embedded by
+    a seeded Gaussian character embedding plus sinusoidal positions, each token vector
+    scaled to unit root-mean-square. For the MLP the token vectors of a window are
+    averaged first. ``gaussian``: independent standard normal entries.
+    """
+    generator = torch.Generator().manual_seed(config.seed)
+    if config.inputs == "gaussian":
+        return torch.randn(config.num_inputs, *config.input_shape, generator=generator)
+
+    from .models.transformer import sinusoidal_positions
+
+    text = default_corpus()
+    vocabulary = CharVocabulary.from_text(text)
+    windows = text_windows(vocabulary.encode(text), config.num_inputs, config.seq_len, generator)  # (B, T)
+    embedding = torch.randn(len(vocabulary), config.width, generator=generator)  # (V, D)
+    vectors = embedding[windows] + sinusoidal_positions(config.seq_len, config.width)  # (B, T, D)
+    vectors = vectors / vectors.square().mean(dim=-1, keepdim=True).sqrt()
+    if config.model == "mlp":
+        vectors = vectors.mean(dim=1)
+        vectors = vectors / vectors.square().mean(dim=-1, keepdim=True).sqrt()
+    return vectors
+
+
+def spectrum_study(config: SpectrumConfig, *, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run the study: the Jacobian spectrum of every (variant, depth) on the same inputs.
+
+    Models are built from seed ``config.seed`` (one fixed stream per variant and depth), in
+    their own forked RNG, so the caller's global RNG is untouched.
+
+    Returns ``(singular_values, summary)``: the tidy frame of all singular values and the
+    per-sample summaries, both with ``variant`` and ``depth`` columns.
+    """
+    config.validate()
+    device = torch.device(config.device)
+    dtype = DTYPES[config.dtype]
+    inputs = study_inputs(config).to(device)
+    log.info(
+        "spectrum study: %s, variants %s, depths %s, inputs %s (%s), %d samples of shape %s, %s",
+        config.model, ",".join(config.variants), ",".join(map(str, config.depths)), config.inputs,
+        DEFAULT_CORPUS_NAME if config.inputs == "text" else "N(0, 1)", config.num_inputs,
+        config.input_shape, config.dtype,
+    )
+
+    jobs = [(v, d) for d in config.depths for v in config.variants]
+    values, summaries = [], []
+    for index, (variant, depth) in enumerate(tqdm(jobs, desc="spectra", disable=not progress)):
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(config.seed * 1_000_003 + index)
+            stack = build_stack(config, variant, depth)
+        stack = stack.to(device)
+        spectrum = jacobian_spectrum(
+            stack, inputs, mode=config.mode, dtype=dtype, memory_budget=config.memory_budget,
+            labels={"variant": variant, "depth": depth}, seed=config.seed,
+        )
+        values.append(spectrum.to_frame())
+        summaries.append(spectrum.summary())
+    return pd.concat(values, ignore_index=True), pd.concat(summaries, ignore_index=True)
+
+
+def summarise_by_group(summary: pd.DataFrame, values: pd.DataFrame, tiny: float = 1e-3) -> pd.DataFrame:
+    """Aggregate a study per (variant, depth): mean chi, extreme singular values, tiny fraction.
+
+    ``fraction_tiny`` is the share of singular values below ``tiny`` times their sample's
+    largest, zeros included.
+    """
+    keys = ["depth", "variant"]
+    relative = values["singular_value"] / values.groupby(keys + ["sample"])["singular_value"].transform("max")
+    tiny_share = (relative < tiny).groupby([values[k] for k in keys]).mean().rename("fraction_tiny")
+    grouped = summary.groupby(keys, sort=False).agg(
+        chi=("chi", "mean"), max=("max", "max"), min_nonzero=("min_nonzero", "min"),
+        num_zeros=("num_zeros", "mean"),
+    )
+    return grouped.join(tiny_share).reset_index()
+
+
+def config_as_dict(config: SpectrumConfig) -> dict:
+    """Return the config as JSON-ready values (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}

@@ -1,0 +1,118 @@
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from rezero_dynamics.cli import main
+
+SMALL = ["spectrum", "--depths", "1,3", "--width", "8", "--heads", "2", "--seq-len", "3", "--num-inputs", "2", "--no-progress"]
+
+
+def run(argv, capsys):
+    """Run the CLI and return (exit status, stdout, stderr); argparse errors exit with 2."""
+    try:
+        status = main(argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_spectrum_writes_results(tmp_path, capsys):
+    output = tmp_path / "result"
+    status, out, err = run([*SMALL, "--output-dir", str(output)], capsys)
+    assert status == 0, err
+    assert sorted(p.name for p in output.iterdir()) == [
+        "config.json", "log10_singular_values.png", "singular_values.csv", "summary.csv",
+    ]
+    values = pd.read_csv(output / "singular_values.csv")
+    # 3 variants x 2 depths x 2 inputs x (3 tokens * 8 features) singular values
+    assert len(values) == 3 * 2 * 2 * 24
+    rezero = values[values["variant"] == "rezero"]["singular_value"]
+    assert rezero.sub(1.0).abs().max() < 1e-12
+    config = json.loads((output / "config.json").read_text())
+    assert config["depths"] == [1, 3]
+    assert "post_norm" in out
+    assert [p.name for p in tmp_path.iterdir()] == ["result"]
+
+
+def test_spectrum_mlp_gaussian(tmp_path, capsys):
+    output = tmp_path / "mlp"
+    status, _, err = run(
+        ["spectrum", "--model", "mlp", "--inputs", "gaussian", "--variants", "none,rezero", "--depths", "2",
+         "--width", "6", "--num-inputs", "2", "--dtype", "float32", "--no-progress", "--output-dir", str(output)],
+        capsys,
+    )
+    assert status == 0, err
+    summary = pd.read_csv(output / "summary.csv")
+    assert set(summary["variant"]) == {"none", "rezero"}
+    assert set(summary["dtype"]) == {"float32"}
+    assert summary.loc[summary["variant"] == "rezero", "chi"].sub(1).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--variants", "rezero,postnorm"], "unknown value(s) 'postnorm'; choose from"),
+        (["--depths", "0"], "must be a positive integer, got 0"),
+        (["--depths", "4,x"], "invalid integer 'x'"),
+        (["--width", "10", "--heads", "4"], "width=10 is not divisible by heads=4"),
+        (["--alpha-init", "nan"], "must be a finite number"),
+        (["--memory-budget", "-1"], "must be positive"),
+        (["--model", "cnn"], "invalid choice: 'cnn'"),
+    ],
+)
+def test_spectrum_bad_arguments(tmp_path, capsys, arguments, message):
+    output = tmp_path / "never"
+    status, _, err = run(["spectrum", *arguments, "--output-dir", str(output)], capsys)
+    assert status == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_spectrum_unwritable_output(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    status, _, err = run([*SMALL, "--output-dir", str(blocker / "out")], capsys)
+    assert status == 2
+    assert "cannot be written" in err and "choose a writable path" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_spectrum_keeps_existing_results(tmp_path, capsys):
+    output = tmp_path / "old"
+    output.mkdir()
+    (output / "keep.csv").write_text("1")
+    status, _, err = run([*SMALL, "--output-dir", str(output)], capsys)
+    assert status == 2
+    assert "pass --overwrite" in err
+    assert [p.name for p in output.iterdir()] == ["keep.csv"]
+    status, _, err = run([*SMALL, "--output-dir", str(output), "--overwrite"], capsys)
+    assert status == 0, err
+    assert (output / "summary.csv").exists() and not (output / "keep.csv").exists()
+
+
+def test_spectrum_failure_writes_nothing(tmp_path, capsys):
+    output = tmp_path / "too-big"
+    status, _, err = run([*SMALL, "--memory-budget", "1e-9", "--output-dir", str(output)], capsys)
+    assert status == 2
+    assert "over the memory budget" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_spectrum_cuda_unavailable(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    status, _, err = run([*SMALL, "--device", "cuda", "--output-dir", str(tmp_path / "x")], capsys)
+    assert status == 2
+    assert "CUDA is not available" in err
+
+
+def test_float_formatting_in_summary(tmp_path, capsys):
+    status, out, _ = run([*SMALL, "--variants", "rezero", "--depths", "2", "--output-dir", str(tmp_path / "r")], capsys)
+    assert status == 0
+    chi_line = [line for line in out.splitlines() if "rezero" in line][0]
+    assert math.isclose(float(chi_line.split()[2]), 1.0)
