@@ -69,3 +69,37 @@ def text_windows(
         )
     starts = torch.randint(0, tokens.numel() - length + 1, (num_windows,), generator=generator)
     return torch.stack([tokens[s : s + length] for s in starts.tolist()])
+
+
+SPLIT_FRACTIONS = (0.9, 0.05, 0.05)  # train, validation, test
+
+
+@dataclass(frozen=True)
+class CharCorpus:
+    """A character corpus split into contiguous train, validation and test token tensors."""
+
+    vocabulary: CharVocabulary
+    train: torch.Tensor
+    validation: torch.Tensor
+    test: torch.Tensor
+    name: str
+
+    @classmethod
+    def from_text(cls, text: str, name: str = "text") -> "CharCorpus":
+        """Encode ``text`` and split it 90% / 5% / 5% in order (no shuffling across splits)."""
+        vocabulary = CharVocabulary.from_text(text)
+        tokens = vocabulary.encode(text)
+        first = int(len(tokens) * SPLIT_FRACTIONS[0])
+        second = first + int(len(tokens) * SPLIT_FRACTIONS[1])
+        return cls(vocabulary, tokens[:first], tokens[first:second], tokens[second:], name)
+
+    @classmethod
+    def default(cls) -> "CharCorpus":
+        """Return the embedded default corpus, ``pydoc_data.topics``, split."""
+        return cls.from_text(default_corpus(), DEFAULT_CORPUS_NAME)
+
+    def split(self, name: str) -> torch.Tensor:
+        """Return the tokens of split ``train``, ``validation`` or ``test``."""
+        if name not in ("train", "validation", "test"):
+            raise ValueError(f"unknown split {name!r}; choose train, validation or test")
+        return getattr(self, name)

@@ -1,0 +1,58 @@
+"""Checkpoints that load with ``torch.load(weights_only=True)``: tensors, numbers, strings,
+lists and dicts only, written to a temporary file and renamed so a crash never leaves a
+half-written checkpoint."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FORMAT = "rezero_dynamics.checkpoint.v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupted, unsafe or not from this toolkit."""
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write ``state`` (plus a format tag) to ``path`` atomically."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, temporary)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; no code in the file can run.
+
+    Raises CheckpointError naming the file when it is missing, truncated, contains
+    objects other than tensors and plain containers, or was not written by this toolkit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found; train first or pass the run folder that contains {CHECKPOINT_FILE}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"checkpoint {path} contains objects other than tensors and plain containers and was "
+            f"not loaded, because unpickling them could run code ({str(error).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupted or truncated ({str(error).splitlines()[0]}); "
+            f"resume from an earlier checkpoint or start a new run"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} was not written by rezero_dynamics (no '{CHECKPOINT_FORMAT}' tag); "
+            f"pass a checkpoint from 'rezero-dynamics train'"
+        )
+    return state

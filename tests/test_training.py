@@ -1,0 +1,163 @@
+"""Training loop: metrics, divergence, checkpoints and exact resume."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from rezero_dynamics.data import CharCorpus
+from rezero_dynamics.tracking import read_records
+from rezero_dynamics.training import (
+    CheckpointError,
+    TrainConfig,
+    bits_per_character,
+    load_checkpoint,
+    speedup,
+    steps_to_target,
+    train_language_model,
+)
+
+TINY = dict(depth=2, d_model=16, heads=2, seq_len=16, batch_size=4, eval_every=5, eval_batches=2, checkpoint_every=5)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    text = CharCorpus.default()
+    return CharCorpus(text.vocabulary, text.train[:20_000], text.validation[:4_000], text.test[:4_000], "pydoc slice")
+
+
+@pytest.mark.parametrize("vocab_size", [2, 27, 256])
+def test_uniform_model_scores_log2_vocab(vocab_size):
+    targets = torch.randint(0, vocab_size, (3, 50))
+    logits = torch.zeros(3, 50, vocab_size)
+    assert bits_per_character(logits, targets).item() == pytest.approx(math.log2(vocab_size), rel=1e-6)
+
+
+def test_steps_to_target_and_speedup():
+    records = pd.DataFrame({"step": [0, 10, 20, 30], "value": [3.0, 2.0, 1.5, 1.1]})
+    assert steps_to_target(records, 1.5) == 20
+    assert math.isnan(steps_to_target(records, 1.0))
+    assert steps_to_target(records.assign(value=[0.1, 0.5, 0.9, 0.95]), 0.9, lower_is_better=False) == 20
+    assert speedup(156.0, 100.0) == pytest.approx(0.56)
+    assert math.isnan(speedup(math.nan, 100.0))
+
+
+def test_default_corpus_split(corpus):
+    full = CharCorpus.default()
+    total = full.train.numel() + full.validation.numel() + full.test.numel()
+    assert total == len(full.vocabulary.decode(full.train)) + full.validation.numel() + full.test.numel()
+    assert full.train.numel() / total == pytest.approx(0.9, abs=1e-4)
+
+
+def test_training_lowers_loss_and_writes_run(tmp_path, corpus):
+    result = train_language_model(TrainConfig(steps=30, lr=3e-3, **TINY), tmp_path / "run", corpus=corpus)
+    assert result.status == "completed"
+    records = read_records(tmp_path / "run")
+    loss = records.query("quantity == 'loss'").sort_values("step")["value"].to_numpy()
+    assert loss[-5:].mean() < loss[:5].mean() - 0.3
+    validation = records.query("quantity == 'val_bpc'")
+    assert validation["step"].tolist() == [0, 5, 10, 15, 20, 25, 29]
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "completed" and status["step"] == 29
+
+
+def test_divergence_is_recorded(tmp_path, corpus):
+    config = TrainConfig(variant="post_norm", steps=40, lr=1e6, optimizer="sgd", **{**TINY, "depth": 6})
+    result = train_language_model(config, tmp_path / "bad", corpus=corpus)
+    assert result.status == "diverged"
+    assert "non-finite loss or gradient at step" in result.cause
+    status = json.loads((tmp_path / "bad" / "status.json").read_text())
+    assert status["status"] == "diverged"
+    records = read_records(tmp_path / "bad")
+    assert records.query("quantity == 'loss'")["step"].min() == 0
+    assert records["step"].max() <= result.step
+
+
+def test_resume_reproduces_loss_curve(tmp_path, corpus, monkeypatch):
+    config = TrainConfig(steps=16, dropout=0.1, **TINY)
+    train_language_model(config, tmp_path / "straight", corpus=corpus)
+
+    import rezero_dynamics.training.loop as loop
+
+    original = loop.save_checkpoint
+
+    def save_then_die(state, path):
+        original(state, path)
+        if state["step"] == 10:
+            raise KeyboardInterrupt  # the process is stopped right after this checkpoint
+
+    interrupted = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train_language_model(config, interrupted, corpus=corpus)
+    status = json.loads((interrupted / "status.json").read_text())
+    assert status["status"] == "interrupted"
+    assert load_checkpoint(interrupted / "checkpoint.pt")["step"] == 10
+
+    result = train_language_model(config, interrupted, corpus=corpus, resume=True)
+    assert result.status == "completed"
+
+    def losses(path):
+        return read_records(path).query("quantity == 'loss'").sort_values("step")["value"].tolist()
+
+    assert losses(interrupted) == losses(tmp_path / "straight")
+    assert len(losses(interrupted)) == 16
+
+
+def test_resume_with_other_settings(tmp_path, corpus):
+    train_language_model(TrainConfig(steps=6, **TINY), tmp_path / "run", corpus=corpus)
+    with pytest.raises(ValueError, match=r"differ from the checkpoint's \(lr\)"):
+        train_language_model(TrainConfig(steps=6, lr=0.5, **TINY), tmp_path / "run", corpus=corpus, resume=True)
+
+
+def test_existing_run_needs_resume(tmp_path, corpus):
+    train_language_model(TrainConfig(steps=2, **TINY), tmp_path / "run", corpus=corpus)
+    with pytest.raises(ValueError, match="already contains a run; pass resume=True"):
+        train_language_model(TrainConfig(steps=2, **TINY), tmp_path / "run", corpus=corpus)
+
+
+def test_checkpoint_loads_weights_only(tmp_path, corpus):
+    train_language_model(TrainConfig(steps=6, **TINY), tmp_path / "run", corpus=corpus)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 5
+
+
+def test_checkpoint_truncated(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": "rezero_dynamics.checkpoint.v1", "step": 1, "x": torch.randn(1000)}, path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_foreign(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="not written by rezero_dynamics"):
+        load_checkpoint(path)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path(__file__ if False else 'PWNED').touch()",))
+
+
+def test_checkpoint_with_code_not_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": "rezero_dynamics.checkpoint.v1", "payload": RunsCode()}, path)
+    with pytest.raises(CheckpointError, match="could run code"):
+        load_checkpoint(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_invalid_config_messages():
+    with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
+        TrainConfig(optimizer="lion").validate()
+    with pytest.raises(ValueError, match="lr must be a positive finite number"):
+        TrainConfig(lr=float("nan")).validate()
+    with pytest.raises(ValueError, match="depth must be a positive integer, got 0"):
+        TrainConfig(depth=0).validate()
