@@ -87,3 +87,121 @@ def _panel_axes(ax: Axes | Sequence[Axes] | None, count: int) -> list[Axes]:
     if len(axes) != count:
         raise ValueError(f"got {len(axes)} Axes for {count} depth panel(s); pass one Axes per depth")
     return axes
+
+
+def _check_records(records: pd.DataFrame, quantity: str) -> pd.DataFrame:
+    missing = [c for c in ("run", "step", "quantity", "layer", "value") if c not in records.columns]
+    if missing:
+        raise ValueError(f"records are missing column(s) {', '.join(missing)}; pass the output of read_records()")
+    rows = records[records["quantity"] == quantity]
+    if rows.empty:
+        raise ValueError(f"the records contain no {quantity!r} rows; was it tracked in this run?")
+    return rows
+
+
+def _new_axes(ax: Axes | None, size: tuple[float, float] = (6.0, 3.8)) -> Axes:
+    if ax is not None:
+        return ax
+    figure, created = plt.subplots(figsize=size)
+    figure.set_layout_engine("constrained")
+    return created
+
+
+def plot_alpha_trajectories(records: pd.DataFrame, *, run: str | None = None, ax: Axes | None = None) -> Figure:
+    """Plot each ReZero alpha against step, one line per layer coloured by depth.
+
+    ``records`` is a tidy frame from ``read_records``; ``run`` picks one run when the
+    frame holds several (the first run by default).
+    """
+    rows = _check_records(records, "alpha")
+    run = run if run is not None else rows["run"].iloc[0]
+    rows = rows[rows["run"] == run]
+    layers = list(dict.fromkeys(rows["layer"]))  # registration order = block order
+    axis = _new_axes(ax)
+    colours = plt.get_cmap("viridis")
+    for index, layer in enumerate(layers):
+        line = rows[rows["layer"] == layer].sort_values("step")
+        axis.plot(line["step"], line["value"], color=colours(index / max(1, len(layers) - 1)), linewidth=1.0)
+    scalar = plt.cm.ScalarMappable(cmap=colours, norm=plt.Normalize(0, len(layers) - 1))
+    axis.figure.colorbar(scalar, ax=axis, label="layer (0 = input side)")
+    axis.axhline(0.0, color="0.6", linewidth=0.8, linestyle=":")
+    axis.set_xlabel("step")
+    axis.set_ylabel("alpha")
+    axis.set_title(f"alpha per layer, {run}")
+    return axis.figure
+
+
+def _block_grad_norms(records: pd.DataFrame, run: str | None) -> tuple[pd.DataFrame, str]:
+    rows = _check_records(records, "grad_norm")
+    run = run if run is not None else rows["run"].iloc[0]
+    rows = rows[(rows["run"] == run) & (rows["layer"].astype(str).str.isdigit())]
+    table = rows.assign(block=rows["layer"].astype(int)).pivot_table(index="block", columns="step", values="value")
+    return table, run
+
+
+def plot_grad_norm_heatmap(records: pd.DataFrame, *, run: str | None = None, ax: Axes | None = None) -> Figure:
+    """Plot the gradient norm of each block against step as a heatmap on a log colour scale."""
+    from matplotlib.colors import LogNorm
+
+    table, run = _block_grad_norms(records, run)
+    positive = table.to_numpy()[table.to_numpy() > 0]
+    if positive.size == 0:
+        raise ValueError(f"run {run!r} has no positive gradient norms to draw on a log scale")
+    axis = _new_axes(ax)
+    steps = table.columns.to_numpy()
+    mesh = axis.pcolormesh(
+        steps, table.index.to_numpy(), table.to_numpy(), shading="nearest",
+        norm=LogNorm(vmin=positive.min(), vmax=positive.max()), cmap="magma",
+    )
+    axis.figure.colorbar(mesh, ax=axis, label="gradient norm")
+    axis.set_xlabel("step")
+    axis.set_ylabel("block")
+    axis.set_title(f"gradient norm per block, {run}")
+    return axis.figure
+
+
+def plot_grad_norm_profiles(
+    records: pd.DataFrame, steps: Sequence[int], *, run: str | None = None, ax: Axes | None = None
+) -> Figure:
+    """Plot gradient norm against block index at the recorded steps nearest to ``steps``."""
+    table, run = _block_grad_norms(records, run)
+    axis = _new_axes(ax)
+    recorded = table.columns.to_numpy()
+    for wanted in steps:
+        nearest = recorded[np.abs(recorded - wanted).argmin()]
+        axis.plot(table.index, table[nearest], marker="o", markersize=3, label=f"step {nearest}")
+    axis.set_yscale("log")
+    axis.set_xlabel("block")
+    axis.set_ylabel("gradient norm")
+    axis.set_title(f"gradient norm by depth, {run}")
+    axis.legend(fontsize="small")
+    return axis.figure
+
+
+def plot_training_curves(records: pd.DataFrame, *, metric: str | None = None, ax: Axes | None = None) -> Figure:
+    """Plot training loss (bits, solid) and the validation metric (dashed) per run.
+
+    ``metric`` is the validation quantity, ``val_bpc`` or ``val_accuracy``; by default the
+    one present. The loss is drawn in bits (nats / ln 2) so it shares the axis with bits
+    per character; accuracy gets a second axis.
+    """
+    loss = _check_records(records, "loss")
+    if metric is None:
+        present = [m for m in ("val_bpc", "val_accuracy") if (records["quantity"] == m).any()]
+        metric = present[0] if present else None
+    axis = _new_axes(ax)
+    metric_axis = axis.twinx() if metric == "val_accuracy" else axis
+    colours = dict(zip(loss["run"].unique(), sns.color_palette(n_colors=loss["run"].nunique())))
+    for run, colour in colours.items():
+        line = loss[loss["run"] == run].sort_values("step")
+        axis.plot(line["step"], line["value"] / np.log(2), color=colour, linewidth=0.8, alpha=0.8, label=f"{run} train")
+        if metric is not None:
+            evaluated = records[(records["run"] == run) & (records["quantity"] == metric)].sort_values("step")
+            metric_axis.plot(evaluated["step"], evaluated["value"], color=colour, linestyle="--", marker=".", label=f"{run} {metric}")
+    axis.set_xlabel("step")
+    axis.set_ylabel("training loss (bits)")
+    if metric_axis is not axis:
+        metric_axis.set_ylabel(metric)
+    axis.legend(fontsize="small", loc="upper right")
+    axis.set_title("training and validation")
+    return axis.figure

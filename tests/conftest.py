@@ -27,3 +27,9 @@ def float64_default():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+@pytest.fixture(autouse=True)
+def seeded_torch():
+    """Seed torch's global RNG before every test, so random weights and inputs repeat."""
+    torch.manual_seed(0)

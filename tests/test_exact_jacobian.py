@@ -187,3 +187,38 @@ def test_post_norm_collapses_and_rezero_does_not_at_depth_64():
     assert post.num_zeros.min().item() >= 4
     assert torch.all((rezero.singular_values - 1).abs() < 1e-12)
     assert math.isinf(post.condition_number[0].item())
+
+
+class TiedPair(nn.Module):
+    """Two Linear layers sharing one weight Parameter, as tied embeddings and heads do."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Linear(4, 4, bias=False)
+        self.second = nn.Linear(4, 4, bias=False)
+        self.second.weight = self.first.weight
+
+    def forward(self, x):
+        return self.second(torch.tanh(self.first(x)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shared_and_tied_parameters_kept(dtype):
+    encoder = TransformerEncoder(8, 2, heads=2, variant="rezero", alpha_init=0.5)
+    tied = TiedPair()
+    for module, x in ((encoder, torch.randn(1, 3, 8)), (tied, torch.randn(1, 4))):
+        before = dict(module.named_parameters(remove_duplicate=False))
+        jacobian_spectrum(module, x, dtype=dtype)
+        after = dict(module.named_parameters(remove_duplicate=False))
+        for name, parameter in before.items():
+            assert after[name] is parameter, name
+            assert isinstance(after[name], nn.Parameter), name
+    assert encoder.blocks[0].attention.gate.alpha is encoder.blocks[0].gate.alpha
+
+
+def test_tied_weights_jacobian_in_float64():
+    tied = TiedPair()
+    x = torch.randn(4, dtype=torch.float64)
+    weight = tied.first.weight.detach().double()
+    expected = weight @ torch.diag(1 - torch.tanh(weight @ x) ** 2) @ weight
+    torch.testing.assert_close(jacobian_matrix(tied, x, dtype=torch.float64), expected)

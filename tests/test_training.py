@@ -16,7 +16,7 @@ from rezero_dynamics.training import (
     load_checkpoint,
     speedup,
     steps_to_target,
-    train_language_model,
+    train,
 )
 
 TINY = dict(depth=2, d_model=16, heads=2, seq_len=16, batch_size=4, eval_every=5, eval_batches=2, checkpoint_every=5)
@@ -52,7 +52,7 @@ def test_default_corpus_split(corpus):
 
 
 def test_training_lowers_loss_and_writes_run(tmp_path, corpus):
-    result = train_language_model(TrainConfig(steps=30, lr=3e-3, **TINY), tmp_path / "run", corpus=corpus)
+    result = train(TrainConfig(steps=30, lr=3e-3, **TINY), tmp_path / "run", corpus=corpus)
     assert result.status == "completed"
     records = read_records(tmp_path / "run")
     loss = records.query("quantity == 'loss'").sort_values("step")["value"].to_numpy()
@@ -65,9 +65,9 @@ def test_training_lowers_loss_and_writes_run(tmp_path, corpus):
 
 def test_divergence_is_recorded(tmp_path, corpus):
     config = TrainConfig(variant="post_norm", steps=40, lr=1e6, optimizer="sgd", **{**TINY, "depth": 6})
-    result = train_language_model(config, tmp_path / "bad", corpus=corpus)
+    result = train(config, tmp_path / "bad", corpus=corpus)
     assert result.status == "diverged"
-    assert "non-finite loss or gradient at step" in result.cause
+    assert "non-finite loss or gradient norm at step 1" == result.cause
     status = json.loads((tmp_path / "bad" / "status.json").read_text())
     assert status["status"] == "diverged"
     records = read_records(tmp_path / "bad")
@@ -77,7 +77,7 @@ def test_divergence_is_recorded(tmp_path, corpus):
 
 def test_resume_reproduces_loss_curve(tmp_path, corpus, monkeypatch):
     config = TrainConfig(steps=16, dropout=0.1, **TINY)
-    train_language_model(config, tmp_path / "straight", corpus=corpus)
+    train(config, tmp_path / "straight", corpus=corpus)
 
     import rezero_dynamics.training.loop as loop
 
@@ -92,12 +92,12 @@ def test_resume_reproduces_loss_curve(tmp_path, corpus, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(loop, "save_checkpoint", save_then_die)
         with pytest.raises(KeyboardInterrupt):
-            train_language_model(config, interrupted, corpus=corpus)
+            train(config, interrupted, corpus=corpus)
     status = json.loads((interrupted / "status.json").read_text())
     assert status["status"] == "interrupted"
     assert load_checkpoint(interrupted / "checkpoint.pt")["step"] == 10
 
-    result = train_language_model(config, interrupted, corpus=corpus, resume=True)
+    result = train(config, interrupted, corpus=corpus, resume=True)
     assert result.status == "completed"
 
     def losses(path):
@@ -108,19 +108,19 @@ def test_resume_reproduces_loss_curve(tmp_path, corpus, monkeypatch):
 
 
 def test_resume_with_other_settings(tmp_path, corpus):
-    train_language_model(TrainConfig(steps=6, **TINY), tmp_path / "run", corpus=corpus)
+    train(TrainConfig(steps=6, **TINY), tmp_path / "run", corpus=corpus)
     with pytest.raises(ValueError, match=r"differ from the checkpoint's \(lr\)"):
-        train_language_model(TrainConfig(steps=6, lr=0.5, **TINY), tmp_path / "run", corpus=corpus, resume=True)
+        train(TrainConfig(steps=6, lr=0.5, **TINY), tmp_path / "run", corpus=corpus, resume=True)
 
 
 def test_existing_run_needs_resume(tmp_path, corpus):
-    train_language_model(TrainConfig(steps=2, **TINY), tmp_path / "run", corpus=corpus)
-    with pytest.raises(ValueError, match="already contains a run; pass resume=True"):
-        train_language_model(TrainConfig(steps=2, **TINY), tmp_path / "run", corpus=corpus)
+    train(TrainConfig(steps=2, **TINY), tmp_path / "run", corpus=corpus)
+    with pytest.raises(ValueError, match="already contains a run; resume it"):
+        train(TrainConfig(steps=2, **TINY), tmp_path / "run", corpus=corpus)
 
 
 def test_checkpoint_loads_weights_only(tmp_path, corpus):
-    train_language_model(TrainConfig(steps=6, **TINY), tmp_path / "run", corpus=corpus)
+    train(TrainConfig(steps=6, **TINY), tmp_path / "run", corpus=corpus)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["step"] == 5
 
@@ -161,3 +161,48 @@ def test_invalid_config_messages():
         TrainConfig(lr=float("nan")).validate()
     with pytest.raises(ValueError, match="depth must be a positive integer, got 0"):
         TrainConfig(depth=0).validate()
+
+
+def test_classifier_learns_digits(tmp_path):
+    config = TrainConfig(
+        task="classifier", data="digits", depth=4, width=32, variant="rezero", steps=60, batch_size=32,
+        lr=3e-3, eval_every=20, checkpoint_every=0,
+    )
+    result = train(config, tmp_path / "digits")
+    assert result.status == "completed"
+    accuracy_rows = read_records(tmp_path / "digits").query("quantity == 'val_accuracy'")
+    assert accuracy_rows["value"].iloc[-1] > 0.6  # chance is 0.1
+
+
+def test_spectra_recorded_during_training(tmp_path, corpus):
+    config = TrainConfig(steps=6, spectrum_every=3, spectrum_inputs=1, spectrum_tokens=4, **TINY)
+    train(config, tmp_path / "run", corpus=corpus)
+    spectra = pd.read_csv(tmp_path / "run" / "spectra.csv")
+    assert sorted(spectra["step"].unique()) == [0, 3, 6]
+    at_init = spectra.query("step == 0")["singular_value"]
+    assert at_init.sub(1.0).abs().max() < 1e-12  # ReZero with alpha = 0 is the identity
+    assert len(at_init) == 4 * 16
+    chi = read_records(tmp_path / "run").query("quantity == 'jacobian_chi'")
+    assert chi["step"].tolist() == [0, 3, 6]
+
+
+def test_alpha_group_has_no_weight_decay():
+    from rezero_dynamics.models import DeepMLP
+    from rezero_dynamics.training.loop import build_optimizer
+
+    model = DeepMLP(4, 3, variant="rezero")
+    optimizer = build_optimizer(model, TrainConfig(optimizer="adamw", weight_decay=0.1, alpha_lr=0.5))
+    groups = optimizer.param_groups
+    assert len(groups[1]["params"]) == 3
+    assert groups[1]["weight_decay"] == 0.0 and groups[1]["lr"] == 0.5
+    assert groups[0]["weight_decay"] == 0.1
+
+
+def test_warmup_then_cosine():
+    from rezero_dynamics.training.loop import learning_rate_factor
+
+    config = TrainConfig(steps=110, warmup_steps=10, decay="cosine")
+    assert learning_rate_factor(0, config) == pytest.approx(0.1)
+    assert learning_rate_factor(9, config) == pytest.approx(1.0)
+    assert learning_rate_factor(60, config) == pytest.approx(0.5)
+    assert learning_rate_factor(110, config) == pytest.approx(0.0, abs=1e-12)

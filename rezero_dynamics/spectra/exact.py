@@ -76,6 +76,38 @@ def _batch_norms_in_training(module: nn.Module) -> list[str]:
     ]
 
 
+def _cast_state(module: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Map one name per (owning module, attribute) slot to a detached copy cast to ``dtype``.
+
+    A module reached by several paths (a ReZero gate shared by two sublayers) must be
+    swapped once only: ``functional_call`` swaps every name it is given, and swapping
+    the same slot twice restored a plain tensor in place of the Parameter (PyTorch 2.13).
+    Tensors shared by different modules (tied weights) get one copy under each name.
+    """
+    cast: dict[int, torch.Tensor] = {}
+    slots: set[tuple[int, str]] = set()
+    tensors: dict[str, torch.Tensor] = {}
+    named = itertools.chain(
+        ((n, t, False) for n, t in module.named_parameters(remove_duplicate=False)),
+        ((n, t, True) for n, t in module.named_buffers(remove_duplicate=False)),
+    )
+    for name, tensor, is_buffer in named:
+        owner_path, _, attribute = name.rpartition(".")
+        slot = (id(module.get_submodule(owner_path)), attribute)
+        if slot in slots:
+            continue
+        slots.add(slot)
+        if id(tensor) not in cast:
+            copy = tensor.detach()
+            if tensor.is_floating_point():
+                copy = copy.to(dtype, copy=is_buffer)  # buffers may be updated in place
+            elif is_buffer:
+                copy = copy.clone()
+            cast[id(tensor)] = copy
+        tensors[name] = cast[id(tensor)]
+    return tensors
+
+
 @contextlib.contextmanager
 def analysis_call(
     fn: nn.Module | Callable[[torch.Tensor], torch.Tensor],
@@ -114,17 +146,8 @@ def analysis_call(
                 f"and a per-sample Jacobian is not defined; analyse with module_mode='eval', "
                 f"which uses the running statistics"
             )
-        tensors = {
-            name: p.detach().to(dtype) if p.is_floating_point() else p.detach()
-            for name, p in fn.named_parameters()
-        }
-        tensors.update(
-            {
-                name: b.detach().to(dtype, copy=True) if b.is_floating_point() else b.detach().clone()
-                for name, b in fn.named_buffers()
-            }
-        )
-        yield lambda x: functional_call(fn, tensors, (x,))
+        tensors = _cast_state(fn, dtype)
+        yield lambda x: functional_call(fn, tensors, (x,), tie_weights=False)
     finally:
         for child, training in saved_modes:
             child.training = training
