@@ -1,18 +1,24 @@
-"""Command-line interface: argument parsing only; the work is done in ``studies``.
+"""Command-line interface: argument parsing only; the work is done in ``studies`` and
+``training``.
 
-``rezero-dynamics spectrum`` computes exact input-output Jacobian spectra of residual
-variants at several depths and writes a figure and tables to an output folder. The
-folder appears only when everything succeeded: results are written to a temporary
-folder beside it and renamed at the end.
+* ``spectrum``: exact input-output Jacobian spectra of residual variants at several
+  depths. Its folder appears only when everything succeeded: results are written to a
+  temporary folder beside it and renamed at the end.
+* ``train``: one run. ``compare``: variants x depths x seeds. ``reproduce``: the main
+  study with a report. These write records as they go, so an interrupted or failed
+  run keeps what it recorded.
+* ``plot``: redraw figures from the records of a folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -21,9 +27,12 @@ from pathlib import Path
 
 import torch
 
+import pandas as pd
+
 from .residual import VARIANTS
 from .studies import (
     DTYPES,
+    SCALES,
     INPUT_KINDS,
     MODELS,
     SpectrumConfig,
@@ -33,15 +42,29 @@ from .studies import (
 )
 from .models import ACTIVATIONS, WEIGHT_INITS
 from .spectra import JACOBIAN_MODES
+from .training import TrainConfig
 
 log = logging.getLogger("rezero_dynamics")
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_DIVERGED = 3
 
 
 class CommandError(Exception):
     """An error to report to the user in one line, without a traceback."""
+
+
+class Terminated(Exception):
+    """SIGTERM arrived; handled like Ctrl-C."""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line that points to --help, not a usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -76,6 +99,9 @@ def _comma_list(item: Callable[[str], object], choices: Sequence[str] | None = N
         parts = [p.strip() for p in text.split(",") if p.strip()]
         if not parts:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        repeated = sorted({p for p in parts if parts.count(p) > 1})
+        if repeated:
+            raise argparse.ArgumentTypeError(f"repeated value(s) {', '.join(repeated)}; list each once")
         if choices is not None:
             unknown = [p for p in parts if p not in choices]
             if unknown:
@@ -106,12 +132,12 @@ def resolve_device(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="rezero-dynamics",
         description="Signal propagation in deep residual networks: ReZero against its alternatives.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineErrorParser)
 
     default = SpectrumConfig()
     spectrum = commands.add_parser(
@@ -126,16 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     spectrum.add_argument("--model", choices=MODELS, default=default.model, help="block type")
     spectrum.add_argument(
-        "--variants", type=_comma_list(str, VARIANTS), default=default.variants,
+        "--variants", type=_comma_list(str, VARIANTS), default=",".join(default.variants),
         help=f"comma-separated residual variants from: {', '.join(VARIANTS)}",
     )
     spectrum.add_argument(
-        "--depths", type=_comma_list(_positive_int), default=default.depths,
+        "--depths", type=_comma_list(_positive_int), default=",".join(map(str, default.depths)),
         help="comma-separated numbers of blocks",
     )
     spectrum.add_argument("--width", type=_positive_int, default=default.width, help="d_model (Transformer) or hidden width (MLP)")
     spectrum.add_argument("--heads", type=_positive_int, default=default.heads, help="attention heads (Transformer)")
-    spectrum.add_argument("--d-ff", type=_positive_int, default=None, help="feed-forward width (Transformer); default 4 * width")
+    spectrum.add_argument("--d-ff", type=_positive_int, default=None, help="feed-forward width (Transformer); None means 4 * width")
     spectrum.add_argument("--seq-len", type=_positive_int, default=default.seq_len, help="tokens per input (Transformer)")
     spectrum.add_argument("--num-inputs", type=_positive_int, default=default.num_inputs, help="input samples; one Jacobian each")
     spectrum.add_argument(
@@ -145,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument("--alpha-init", type=_finite_float, default=default.alpha_init, help="initial alpha of rezero blocks")
     spectrum.add_argument("--activation", choices=ACTIVATIONS, default=default.activation, help="activation (MLP)")
     spectrum.add_argument("--init", choices=WEIGHT_INITS, default=default.init, help="weight init (MLP)")
-    spectrum.add_argument("--sigma-w", type=_finite_float, default=default.sigma_w, help="weight scale sigma_w (MLP)")
+    spectrum.add_argument("--sigma-w", type=_positive_float, default=default.sigma_w, help="weight scale sigma_w (MLP)")
     spectrum.add_argument("--seed", type=int, default=default.seed, help="seed of inputs and initialisation")
     spectrum.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     spectrum.add_argument("--dtype", choices=tuple(DTYPES), default=default.dtype, help="precision of the Jacobian and SVD")
@@ -160,29 +186,145 @@ def build_parser() -> argparse.ArgumentParser:
     )
     spectrum.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     spectrum.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    spectrum.set_defaults(handler=run_spectrum)
+    spectrum.set_defaults(handler=run_spectrum, interrupted_note="no results were written")
+
+    train = commands.add_parser(
+        "train", help="train one model and record its dynamics",
+        description=(
+            "Train one model (a character-level Transformer LM, or an MLP classifier) and record loss, "
+            "per-block gradient norms, alphas, activation RMS, update norms and optional Jacobian "
+            "spectra in a run folder, with checkpoints."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_train_options(train)
+    train.add_argument("--output-dir", type=Path, default=None, help="run folder; default runs/train-YYYYmmdd-HHMMSS")
+    train.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")
+    train.add_argument("--tensorboard", action="store_true", help="also export the scalar records for TensorBoard")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.set_defaults(handler=run_train, interrupted_note="records and the last checkpoint are kept; continue with --resume")
+
+    compare_parser = commands.add_parser(
+        "compare", help="train variants x depths x seeds one after another",
+        description="Train every combination; a failed or diverged run is recorded in runs.csv and the others go on.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_train_options(compare_parser, skip=("variant", "depth", "seed"))
+    compare_parser.add_argument("--variants", type=_comma_list(str, VARIANTS), default="post_norm,pre_norm,rezero", help="comma-separated variants")
+    compare_parser.add_argument("--depths", type=_comma_list(_positive_int), default="12", help="comma-separated depths")
+    compare_parser.add_argument("--seeds", type=_comma_list(int), default="0", help="comma-separated seeds")
+    compare_parser.add_argument("--target", type=_finite_float, default=None, help="validation metric value for steps-to-target")
+    compare_parser.add_argument("--output-dir", type=Path, default=None, help="folder; default runs/compare-YYYYmmdd-HHMMSS")
+    compare_parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    compare_parser.set_defaults(handler=run_compare, interrupted_note="finished runs are kept in runs.csv")
+
+    reproduce_parser = commands.add_parser(
+        "reproduce", help="the main study: variants side by side, with a report",
+        description=(
+            "Train post-norm, pre-norm and ReZero Transformer language models side by side and write "
+            "report.md with steps-to-target, speed-ups, figures and tidy records."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    reproduce_parser.add_argument("--scale", choices=tuple(SCALES), default="ci", help="ci: minutes on a CPU; small: about an hour; paper: enwik8 on a GPU")
+    reproduce_parser.add_argument("--data-path", default=None, help="enwik8 file, for --scale paper")
+    reproduce_parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
+    reproduce_parser.add_argument("--output-dir", type=Path, default=None, help="folder; default runs/reproduce-YYYYmmdd-HHMMSS")
+    reproduce_parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    reproduce_parser.set_defaults(handler=run_reproduce, interrupted_note="finished runs and their records are kept")
+
+    plot = commands.add_parser(
+        "plot", help="redraw the figures of a run or comparison folder from its records",
+        description="Read records.csv (and spectra.csv) below RUN_DIR and write the figures to RUN_DIR/figures.",
+    )
+    plot.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by train, compare or reproduce")
+    plot.set_defaults(handler=run_plot, interrupted_note="some figures may be missing")
     return parser
 
 
-def _prepare_output(output_dir: Path, overwrite: bool) -> Path:
-    """Check that ``output_dir`` can be written and return a fresh temporary folder beside it."""
+_OPTION_HELP = {
+    "task": "lm (character language model) or classifier (MLP on images)",
+    "data": "lm: default (pydoc_data.topics text) or enwik8; classifier: digits or cifar10",
+    "data_path": "enwik8 file or cifar-10-batches-py folder",
+    "spectrum_every": "record Jacobian spectra of the block stack every N steps (0: never)",
+    "track_every": "record tracked quantities every N steps (0: never)",
+    "checkpoint_every": "write a checkpoint every N steps (0: only at the end)",
+    "eval_every": "evaluate on the validation split every N steps (0: only at the end)",
+    "alpha_lr": "learning rate of the ReZero alphas; default: --lr",
+    "alpha_weight_decay": "apply weight decay to the alphas too",
+    "clip_norm": "clip the global gradient norm to this value",
+    "device": "auto, cpu, cuda or cuda:K",
+}
+
+
+def _add_train_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """Add one option per TrainConfig field, typed from its annotation."""
+    defaults = TrainConfig()
+    for item in dataclasses.fields(TrainConfig):
+        if item.name in skip:
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        default = getattr(defaults, item.name)
+        help_text = _OPTION_HELP.get(item.name, item.name.replace("_", " "))
+        if item.type == "bool":
+            parser.add_argument(flag, action="store_true", help=help_text)
+            continue
+        if item.name == "device":
+            parser.add_argument(flag, default="auto", help=help_text)
+            continue
+        parse = {"int": int, "float": _finite_float, "str": str}[item.type.split(" | ")[0]]
+        parser.add_argument(flag, type=parse, default=default, help=help_text)
+
+
+def _train_config(args: argparse.Namespace, **fixed) -> TrainConfig:
+    values = {item.name: getattr(args, item.name) for item in dataclasses.fields(TrainConfig) if hasattr(args, item.name)}
+    values.update(fixed)
+    values["device"] = resolve_device(values.get("device", "auto"))
+    return TrainConfig(**values).validate()
+
+
+SPECTRUM_FILES = frozenset({"config.json", "log10_singular_values.png", "singular_values.csv", "summary.csv"})
+
+
+def _prepare_output(output_dir: Path, overwrite: bool, known_files: frozenset[str]) -> Path:
+    """Check that ``output_dir`` can be written and return a fresh temporary folder beside it.
+
+    ``--overwrite`` replaces only a folder that holds nothing but an earlier result of the
+    same command (``known_files``), and never the working folder or one above it.
+    """
+    if str(output_dir) in ("", "."):
+        raise CommandError("--output-dir is empty or '.'; name a new folder for the results")
+    resolved = output_dir.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise CommandError(f"--output-dir {output_dir} is the working folder or one above it; name a new folder")
     if output_dir.exists() and not output_dir.is_dir():
         raise CommandError(f"--output-dir {output_dir}: exists and is not a folder; choose another path")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise CommandError(
-            f"--output-dir {output_dir}: folder exists and is not empty; pass --overwrite or choose another path"
-        )
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise CommandError(
+                f"--output-dir {output_dir}: folder exists and is not empty; pass --overwrite or choose another path"
+            )
+        foreign = sorted(p.name for p in output_dir.iterdir() if p.name not in known_files)
+        if foreign:
+            raise CommandError(
+                f"--output-dir {output_dir}: --overwrite replaces only an earlier result of this command, but "
+                f"the folder also contains {', '.join(foreign[:5])}; choose another path"
+            )
     try:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     except OSError as error:
         raise CommandError(
             f"--output-dir {output_dir}: cannot be written ({error.strerror or error}); choose a writable path"
         ) from None
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; results should read like any new folder
+    return staging
 
 
 def _publish(staging: Path, output_dir: Path) -> None:
-    """Move the finished ``staging`` folder to ``output_dir``, replacing an old one."""
+    """Move the finished ``staging`` folder to ``output_dir``, replacing an earlier result."""
     if output_dir.exists():
         shutil.rmtree(output_dir)
     os.replace(staging, output_dir)
@@ -210,7 +352,7 @@ def run_spectrum(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from None
 
     output_dir = args.output_dir or Path("runs") / time.strftime("spectrum-%Y%m%d-%H%M%S")
-    staging = _prepare_output(output_dir, args.overwrite)
+    staging = _prepare_output(output_dir, args.overwrite, SPECTRUM_FILES)
     try:
         started = time.perf_counter()
         values, summary = spectrum_study(config, progress=not args.no_progress)
@@ -225,7 +367,7 @@ def run_spectrum(args: argparse.Namespace) -> int:
             json.dumps({**config_as_dict(config), "seconds": round(elapsed, 1), "torch": torch.__version__}, indent=2)
         )
         _publish(staging, output_dir)
-    except BaseException:
+    except BaseException:  # also Ctrl-C and SIGTERM: no partial result is left behind
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
@@ -235,19 +377,117 @@ def run_spectrum(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_dir(kind: str) -> Path:
+    return Path("runs") / time.strftime(f"{kind}-%Y%m%d-%H%M%S")
+
+
+def _new_folder(output_dir: Path) -> Path:
+    """Return ``output_dir`` after checking that it is new or empty and could be created.
+
+    Nothing is created here, so a run that fails on its data leaves no empty folder.
+    """
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise CommandError(f"--output-dir {output_dir}: exists and is not an empty folder; choose a new path")
+    existing = output_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise CommandError(f"--output-dir {output_dir}: cannot be written under {existing}; choose a writable path")
+    return output_dir
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .training import train as train_run
+
+    config = _train_config(args)
+    output_dir = args.output_dir or _default_dir("train")
+    if not args.resume:
+        _new_folder(output_dir)
+    result = train_run(config, output_dir, resume=args.resume, progress=not args.no_progress)
+    if args.tensorboard:
+        from .tracking.export import export_tensorboard
+
+        export_tensorboard(output_dir)
+    print(f"{result.status} at step {result.step}" + (f": {result.cause}" if result.cause else "") + f"; run folder {output_dir}")
+    return 0 if result.status == "completed" else EXIT_DIVERGED
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from .studies import compare
+
+    base = _train_config(args, variant=args.variants[0], depth=args.depths[0], seed=args.seeds[0])
+    output_dir = _new_folder(args.output_dir or _default_dir("compare"))
+    runs = compare(base, output_dir, variants=args.variants, depths=args.depths, seeds=args.seeds,
+                   target=args.target, progress=not args.no_progress)
+    print(runs[["run", "status", "step", "final_loss", "final_metric", "steps_to_target"]].to_string(index=False))
+    print(f"wrote {output_dir / 'runs.csv'}")
+    return 0
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # the CLI writes files only
+    from .studies import reproduce
+
+    output_dir = _new_folder(args.output_dir or _default_dir("reproduce"))
+    report = reproduce(args.scale, output_dir, data_path=args.data_path, device=resolve_device(args.device),
+                       progress=not args.no_progress)
+    print(report.read_text())
+    print(f"wrote {report}")
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # the CLI writes files only
+    from .studies.reproduce import write_figures
+    from .tracking import read_records
+
+    run_dir = args.run_dir
+    if not run_dir.is_dir():
+        raise CommandError(f"RUN_DIR {run_dir} is not a folder; pass a folder written by train, compare or reproduce")
+    try:
+        records = read_records(run_dir)
+    except FileNotFoundError as error:
+        raise CommandError(str(error)) from None
+    spectra_files = sorted(run_dir.rglob("spectra.csv"))
+    spectra = pd.concat([pd.read_csv(p) for p in spectra_files], ignore_index=True) if spectra_files else pd.DataFrame()
+    runs = pd.DataFrame({"run": list(dict.fromkeys(records["run"]))})
+    figures = write_figures(records, spectra, runs, run_dir / "figures")
+    for path in figures:
+        print(path)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 success, 2 bad input, 130 interrupted)."""
+    """Run the command line and return the exit status.
+
+    0 success, 2 invalid input, 3 a training run diverged, 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.handler(args)
-    except (CommandError, ValueError) as error:
+    except (CommandError, ValueError, FileNotFoundError) as error:
         print(f"rezero-dynamics {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"rezero-dynamics {args.command}: interrupted; no results were written", file=sys.stderr)
+        print(f"rezero-dynamics {args.command}: interrupted; {args.interrupted_note}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"rezero-dynamics {args.command}: terminated (SIGTERM); {args.interrupted_note}", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 if __name__ == "__main__":

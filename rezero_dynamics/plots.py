@@ -32,7 +32,9 @@ def plot_log10_singular_value_histograms(
     total, and the legend gives their mean number per sample.
 
     ``ax``: one Axes when there is one depth, or a sequence with one Axes per depth in
-    ascending depth order. By default a new figure is made.
+    ascending depth order. By default a new figure is made. Panels are titled with the
+    column name and value ("depth 12"), so other groupings work too, such as
+    ``depth="step"`` for spectra recorded during training.
     """
     missing = [c for c in (*_SPECTRUM_COLUMNS, depth, variant) if c not in frame.columns]
     if missing:
@@ -71,7 +73,7 @@ def plot_log10_singular_value_histograms(
                 histtype="stepfilled", alpha=0.35, color=colours[name], edgecolor=colours[name],
                 linewidth=1.2, label=label,
             )
-        panel.set_title(f"depth {depth_value}")
+        panel.set_title(f"{depth} {depth_value}")
         panel.set_xlabel("log10 singular value")
         panel.legend(fontsize="small")
     axes[0].set_ylabel("fraction of singular values")
@@ -85,7 +87,7 @@ def _panel_axes(ax: Axes | Sequence[Axes] | None, count: int) -> list[Axes]:
         return list(created[0])
     axes = [ax] if isinstance(ax, Axes) else list(np.ravel(ax))
     if len(axes) != count:
-        raise ValueError(f"got {len(axes)} Axes for {count} depth panel(s); pass one Axes per depth")
+        raise ValueError(f"got {len(axes)} Axes for {count} panel(s); pass one Axes per panel")
     return axes
 
 

@@ -18,6 +18,8 @@ New variants register in ``VARIANTS``; models only ever build blocks through
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -56,6 +58,8 @@ class ReZeroGate(nn.Module):
 
     def __init__(self, alpha_init: float = 0.0) -> None:
         super().__init__()
+        if not math.isfinite(alpha_init):
+            raise ValueError(f"alpha_init must be a finite number, got {alpha_init!r}")
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
 
     def forward(self, branch: torch.Tensor) -> torch.Tensor:
@@ -92,6 +96,8 @@ class ResidualBlock(nn.Module):
         self.variant = check_variant(variant)
         if gate is not None and variant != "rezero":
             raise ValueError(f"a shared ReZero gate needs variant 'rezero', got {variant!r}")
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
         self.sublayer = sublayer
         self.norm = make_norm(norm, width) if variant in ("pre_norm", "post_norm") else None
         if variant == "rezero":

@@ -58,6 +58,8 @@ def test_spectrum_mlp_gaussian(tmp_path, capsys):
         (["--variants", "rezero,postnorm"], "unknown value(s) 'postnorm'; choose from"),
         (["--depths", "0"], "must be a positive integer, got 0"),
         (["--depths", "4,x"], "invalid integer 'x'"),
+        (["--depths", "4,4"], "repeated value(s) 4; list each once"),
+        (["--sigma-w", "-1"], "must be positive"),
         (["--width", "10", "--heads", "4"], "width=10 is not divisible by heads=4"),
         (["--alpha-init", "nan"], "must be a finite number"),
         (["--memory-budget", "-1"], "must be positive"),
@@ -89,10 +91,66 @@ def test_spectrum_keeps_existing_results(tmp_path, capsys):
     status, _, err = run([*SMALL, "--output-dir", str(output)], capsys)
     assert status == 2
     assert "pass --overwrite" in err
-    assert [p.name for p in output.iterdir()] == ["keep.csv"]
     status, _, err = run([*SMALL, "--output-dir", str(output), "--overwrite"], capsys)
+    assert status == 2
+    assert "also contains keep.csv" in err
+    assert [p.name for p in output.iterdir()] == ["keep.csv"]
+
+
+def test_spectrum_overwrites_earlier_result(tmp_path, capsys):
+    output = tmp_path / "result"
+    assert run([*SMALL, "--output-dir", str(output)], capsys)[0] == 0
+    first = (output / "summary.csv").read_text()
+    status, _, err = run([*SMALL, "--seed", "1", "--output-dir", str(output), "--overwrite"], capsys)
     assert status == 0, err
-    assert (output / "summary.csv").exists() and not (output / "keep.csv").exists()
+    assert (output / "summary.csv").read_text() != first
+    assert [p.name for p in tmp_path.iterdir()] == ["result"]
+
+
+@pytest.mark.parametrize("target", [".", "..", ""])
+def test_spectrum_never_replaces_working_folder(tmp_path, capsys, monkeypatch, target):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "precious.txt").write_text("keep me")
+    monkeypatch.chdir(work)
+    status, _, err = run([*SMALL, "--output-dir", target, "--overwrite"], capsys)
+    assert status == 2
+    assert "name a new folder" in err
+    assert (work / "precious.txt").read_text() == "keep me"
+
+
+def test_spectrum_folder_permissions(tmp_path, capsys):
+    output = tmp_path / "result"
+    assert run([*SMALL, "--output-dir", str(output)], capsys)[0] == 0
+    assert output.stat().st_mode & 0o055 == 0o055 & ~_umask()
+
+
+def _umask():
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_spectrum_sigterm_leaves_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    output = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rezero_dynamics", "spectrum", "--depths", "64", "--variants", "post_norm",
+         "--num-inputs", "8", "--no-progress", "--output-dir", str(output)],
+        stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(6)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert "terminated (SIGTERM); no results were written" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_spectrum_failure_writes_nothing(tmp_path, capsys):

@@ -222,3 +222,30 @@ def test_tied_weights_jacobian_in_float64():
     weight = tied.first.weight.detach().double()
     expected = weight @ torch.diag(1 - torch.tanh(weight @ x) ** 2) @ weight
     torch.testing.assert_close(jacobian_matrix(tied, x, dtype=torch.float64), expected)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"chunk_size": -3}, "chunk_size must be a positive integer or None, got -3"),
+        ({"chunk_size": 0}, "chunk_size must be a positive integer or None, got 0"),
+        ({"memory_budget": 0}, "memory_budget must be a positive number of bytes, got 0"),
+        ({"memory_budget": float("nan")}, "memory_budget must be a positive number of bytes"),
+        ({"dtype": torch.bfloat16}, "use torch.float32 or torch.float64"),
+        ({"dtype": torch.int32}, "use torch.float32 or torch.float64"),
+        ({"zero_rtol": -1.0}, "zero_rtol must be a finite number >= 0"),
+    ],
+)
+def test_option_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        jacobian_spectrum(nn.Linear(4, 4), torch.randn(1, 4), **options)
+
+
+def test_budget_checked_before_forward_pass():
+    calls = []
+    encoder = TransformerEncoder(8, 1, heads=2)
+    # The shape check runs the model on the meta device, which allocates nothing.
+    encoder.blocks[0].register_forward_hook(lambda module, inputs, output: calls.append(output.device.type))
+    with pytest.raises(JacobianTooLargeError, match=r"160000 x 160000"):
+        jacobian_spectrum(encoder, torch.randn(1, 20_000, 8))
+    assert "cpu" not in calls

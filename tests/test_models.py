@@ -120,3 +120,20 @@ def test_language_model_too_long():
     model = CharTransformerLM(vocab_size=30, d_model=16, depth=1, heads=2, max_len=8)
     with pytest.raises(ValueError, match="sequence length 9 exceeds max_len=8"):
         model(torch.zeros(1, 9, dtype=torch.int64))
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: DeepMLP(8, 2, sigma_w=-1.0), "sigma_w must be a positive finite number, got -1.0"),
+        (lambda: DeepMLP(8, 2, sigma_w=float("nan")), "sigma_w must be a positive finite number"),
+        (lambda: DeepMLP(8, 2, sigma_b=-0.1), "sigma_b must be a finite number >= 0"),
+        (lambda: DeepMLP(8, 2, variant="rezero", alpha_init=float("nan")), "alpha_init must be a finite number"),
+        (lambda: DeepMLP(8, 2, variant="rezero", norm="bogus"), "unknown norm 'bogus'"),
+        (lambda: TransformerEncoder(8, 2, heads=2, alpha_init=float("inf")), "alpha_init must be a finite number"),
+        (lambda: CharTransformerLM(20, d_model=0), "d_model must be a positive integer, got 0"),
+    ],
+)
+def test_model_argument_errors(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()

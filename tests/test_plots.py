@@ -43,7 +43,7 @@ def test_histograms_on_given_axes():
 
 def test_histograms_wrong_axes_count():
     figure, axis = plt.subplots()
-    with pytest.raises(ValueError, match="got 1 Axes for 2 depth panel"):
+    with pytest.raises(ValueError, match="got 1 Axes for 2 panel"):
         plot_log10_singular_value_histograms(spectrum_frame(), ax=axis)
     plt.close(figure)
 

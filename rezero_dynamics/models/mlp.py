@@ -109,6 +109,10 @@ class DeepMLP(nn.Module):
         make_activation(activation)  # validates the name before any layer is built
         if init not in WEIGHT_INITS:
             raise ValueError(f"unknown weight init {init!r}; choose one of {', '.join(WEIGHT_INITS)}")
+        if not (math.isfinite(sigma_w) and sigma_w > 0):
+            raise ValueError(f"sigma_w must be a positive finite number, got {sigma_w!r}")
+        if not (math.isfinite(sigma_b) and sigma_b >= 0):
+            raise ValueError(f"sigma_b must be a finite number >= 0, got {sigma_b!r}")
         self.width = width
         self.variant = variant
 

@@ -204,6 +204,7 @@ class CharTransformerLM(nn.Module):
     ) -> None:
         super().__init__()
         check_positive_int("vocab_size", vocab_size)
+        check_positive_int("d_model", d_model)
         check_positive_int("max_len", max_len)
         self.max_len = max_len
         self.embedding = nn.Embedding(vocab_size, d_model)

@@ -226,6 +226,31 @@ def _forward_jacobian(call, x, out_numel, chunk_size, seed, device) -> torch.Ten
     return jacobian
 
 
+def _meta_output_numel(fn: object, x: torch.Tensor, dtype: torch.dtype) -> int | None:
+    """Return the output size of module ``fn`` at ``x`` from a pass on the meta device, which
+    allocates no data; None for plain functions or when the module cannot run there."""
+    if not isinstance(fn, nn.Module):
+        return None
+    try:
+        tensors = {name: t.to("meta") for name, t in _cast_state(fn, dtype).items()}
+        with torch.no_grad():
+            out = functional_call(fn, tensors, (torch.empty_like(x, device="meta", dtype=dtype),), tie_weights=False)
+        return out.numel() if isinstance(out, torch.Tensor) else None
+    except Exception:  # the shape is then checked after the first real forward pass
+        return None
+
+
+def _check_budget(n: int, m: int, x: torch.Tensor, memory_budget: float) -> None:
+    matrix_bytes = m * n * x.element_size()
+    if _MATRIX_COPIES * matrix_bytes > memory_budget:
+        raise JacobianTooLargeError(
+            f"the Jacobian is {m} x {n} in {str(x.dtype).removeprefix('torch.')}, "
+            f"{format_bytes(matrix_bytes)}, and needs about {format_bytes(_MATRIX_COPIES * matrix_bytes)} with "
+            f"its SVD, over the memory budget of {format_bytes(memory_budget)}; use a shorter sequence "
+            f"or a smaller width, or raise memory_budget (--memory-budget on the command line)"
+        )
+
+
 def _jacobian_of_call(
     call: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -234,8 +259,11 @@ def _jacobian_of_call(
     memory_budget: int,
     chunk_size: int | None,
     seed: int,
+    out_numel_hint: int | None = None,
 ) -> tuple[torch.Tensor, torch.Size, str]:
     """Return (J, output shape, mode used) for a prepared pure ``call``; runs under no_grad."""
+    if out_numel_hint is not None:
+        _check_budget(x.numel(), out_numel_hint, x, memory_budget)
     with _seeded_rng(seed, x.device):
         out = call(x)
     if not isinstance(out, torch.Tensor) or not out.is_floating_point():
@@ -248,13 +276,7 @@ def _jacobian_of_call(
 
     n, m = x.numel(), out.numel()
     matrix_bytes = m * n * x.element_size()
-    if _MATRIX_COPIES * matrix_bytes > memory_budget:
-        raise JacobianTooLargeError(
-            f"the Jacobian is {m} x {n} in {str(x.dtype).removeprefix('torch.')}, "
-            f"{format_bytes(matrix_bytes)}, and needs about {format_bytes(_MATRIX_COPIES * matrix_bytes)} with "
-            f"its SVD, over the memory budget of {format_bytes(memory_budget)}; use a shorter sequence "
-            f"or a smaller width, or raise memory_budget"
-        )
+    _check_budget(n, m, x, memory_budget)
     if mode == "auto":
         mode = "forward" if n < m else "reverse"
     directions = n if mode == "forward" else m
@@ -266,6 +288,21 @@ def _jacobian_of_call(
     build = _forward_jacobian if mode == "forward" else _reverse_jacobian
     jacobian = build(call, x, m, chunk_size, seed, x.device)
     return jacobian, out.shape, mode
+
+
+ANALYSIS_DTYPES = (torch.float32, torch.float64)
+
+
+def _validate_options(dtype: torch.dtype, memory_budget: float, chunk_size: int | None) -> None:
+    if dtype not in ANALYSIS_DTYPES:
+        raise ValueError(
+            f"dtype {dtype} is not supported for Jacobian spectra; use torch.float32 or torch.float64 "
+            f"(the SVD has no half-precision kernels, and half precision would hide small singular values)"
+        )
+    if not (isinstance(memory_budget, (int, float)) and math.isfinite(memory_budget) and memory_budget > 0):
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
 
 
 def _validate_inputs(x: torch.Tensor, what: str) -> None:
@@ -302,9 +339,10 @@ def jacobian_matrix(
             parameters are cast for the analysis only.
         module_mode: ``eval`` (default: dropout off, BatchNorm uses running statistics),
             ``train`` (dropout on, one mask shared by all directions), or ``as_is``.
-        memory_budget: bytes allowed for the Jacobian, its SVD copy and the batched
-            directions; ``JacobianTooLargeError`` is raised before allocating if the matrix
-            alone does not fit.
+        memory_budget: bytes for the Jacobian, its SVD copy and the batched directions.
+            ``JacobianTooLargeError`` is raised before any forward pass if the Jacobian and
+            its SVD copy (twice the matrix) do not fit. The single forward pass that
+            evaluates the model is not counted.
         chunk_size: directions per batched pass; default: as many as the budget allows.
         seed: seed of the dropout masks in ``train`` mode; the caller's RNG is not used.
 
@@ -314,11 +352,14 @@ def jacobian_matrix(
     _check_choice("Jacobian mode", mode, JACOBIAN_MODES)
     _validate_inputs(x, "inputs")
     dtype = dtype or x.dtype
+    _validate_options(dtype, memory_budget, chunk_size)
     _check_devices(fn, x)
     x = x.detach().to(dtype)
+    hint = _meta_output_numel(fn, x, dtype)
     with torch.no_grad(), analysis_call(fn, module_mode, dtype) as call:
         jacobian, _, _ = _jacobian_of_call(
-            call, x, mode=mode, memory_budget=memory_budget, chunk_size=chunk_size, seed=seed
+            call, x, mode=mode, memory_budget=memory_budget, chunk_size=chunk_size, seed=seed,
+            out_numel_hint=hint,
         )
     _check_finite(jacobian, "the Jacobian", "analyse in float64 or at a smaller depth")
     return jacobian
@@ -369,8 +410,12 @@ def jacobian_spectrum(
             f"inputs must have shape (B, *in_shape) with B >= 1, got {tuple(inputs.shape)}"
         )
     dtype = dtype or inputs.dtype
+    _validate_options(dtype, memory_budget, chunk_size)
+    if zero_rtol is not None and not (math.isfinite(zero_rtol) and zero_rtol >= 0):
+        raise ValueError(f"zero_rtol must be a finite number >= 0, got {zero_rtol!r}")
     _check_devices(fn, inputs)
     inputs = inputs.detach().to(dtype)
+    hint = _meta_output_numel(fn, inputs[:1], dtype)
 
     rows = []
     used_mode = mode
@@ -380,7 +425,7 @@ def jacobian_spectrum(
             try:
                 jacobian, out_full_shape, used_mode = _jacobian_of_call(
                     call, inputs[b : b + 1], mode=mode, memory_budget=memory_budget,
-                    chunk_size=chunk_size, seed=seed,
+                    chunk_size=chunk_size, seed=seed, out_numel_hint=hint,
                 )
             except NonFiniteError as error:
                 raise NonFiniteError(f"sample {b}: {error}") from None

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._checks import check_positive_int
-from .data.text import DEFAULT_CORPUS_NAME, CharVocabulary, default_corpus, text_windows
-from .models import ACTIVATIONS, WEIGHT_INITS, DeepMLP, TransformerEncoder
-from .residual import check_variant
-from .spectra import DEFAULT_MEMORY_BUDGET, JACOBIAN_MODES, jacobian_spectrum
+from .._checks import check_positive_int
+from ..data.text import DEFAULT_CORPUS_NAME, CharVocabulary, default_corpus, text_windows
+from ..models import ACTIVATIONS, WEIGHT_INITS, DeepMLP, TransformerEncoder
+from ..residual import check_variant
+from ..spectra import DEFAULT_MEMORY_BUDGET, JACOBIAN_MODES, jacobian_spectrum
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ class SpectrumConfig:
             raise ValueError("no variants given; name at least one, e.g. rezero")
         for variant in self.variants:
             check_variant(variant)
+        for name, values in (("variants", self.variants), ("depths", self.depths)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} {list(values)} repeat a value; list each once")
         if not self.depths:
             raise ValueError("no depths given; name at least one, e.g. 12")
         for depth in self.depths:
@@ -121,7 +124,7 @@ def study_inputs(config: SpectrumConfig) -> torch.Tensor:
     if config.inputs == "gaussian":
         return torch.randn(config.num_inputs, *config.input_shape, generator=generator)
 
-    from .models.transformer import sinusoidal_positions
+    from ..models.transformer import sinusoidal_positions
 
     text = default_corpus()
     vocabulary = CharVocabulary.from_text(text)

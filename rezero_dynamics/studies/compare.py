@@ -1,0 +1,107 @@
+"""Compare variants: train every (variant, depth, seed) one after another.
+
+A run that fails or diverges is recorded in ``runs.csv`` with its cause, and the others
+go on. Each run writes its own folder under ``runs/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..tracking import read_records
+from ..training import TrainConfig, train
+from ..training.metrics import steps_to_target
+
+log = logging.getLogger(__name__)
+
+RUNS_FILE = "runs.csv"
+
+
+def run_name(variant: str, depth: int, seed: int) -> str:
+    """Name of one run in a comparison, e.g. ``rezero-L32-s0``."""
+    return f"{variant}-L{depth}-s{seed}"
+
+
+def _final(records: pd.DataFrame, quantity: str) -> float:
+    rows = records[records["quantity"] == quantity]
+    return float(rows.sort_values("step")["value"].iloc[-1]) if len(rows) else float("nan")
+
+
+def summarise_run(run_dir: Path, target: float | None, lower_is_better: bool, metric: str) -> dict:
+    """Return the final loss and metric of a run folder and its steps to ``target``."""
+    try:
+        records = read_records(run_dir)
+    except FileNotFoundError:
+        return {"final_loss": float("nan"), "final_metric": float("nan"), "steps_to_target": float("nan")}
+    evaluations = records[records["quantity"] == metric]
+    reached = (
+        steps_to_target(evaluations, target, lower_is_better=lower_is_better)
+        if target is not None and len(evaluations) else float("nan")
+    )
+    return {"final_loss": _final(records, "loss"), "final_metric": _final(records, metric), "steps_to_target": reached}
+
+
+def compare(
+    base: TrainConfig,
+    output_dir: str | Path,
+    *,
+    variants: Sequence[str],
+    depths: Sequence[int],
+    seeds: Sequence[int] = (0,),
+    target: float | None = None,
+    progress: bool = False,
+    overrides: dict[str, dict] | None = None,
+) -> pd.DataFrame:
+    """Train every combination of ``variants`` x ``depths`` x ``seeds`` from ``base``.
+
+    ``overrides`` maps a variant name to extra settings for its runs (for example a
+    warm-up for post-norm). ``target`` is the validation metric value whose first
+    crossing is reported as ``steps_to_target``. Returns the runs table, also written to
+    ``output_dir/runs.csv`` after every run, so an interrupted comparison keeps the rows
+    of the runs it finished.
+    """
+    output_dir = Path(output_dir)
+    (output_dir / "runs").mkdir(parents=True, exist_ok=True)
+    metric = "val_bpc" if base.task == "lm" else "val_accuracy"
+    lower_is_better = base.task == "lm"
+    jobs = [(v, d, s) for d in depths for v in variants for s in seeds]
+    rows = []
+    for variant, depth, seed in tqdm(jobs, desc="runs", disable=not progress):
+        name = run_name(variant, depth, seed)
+        config = dataclasses.replace(base, variant=variant, depth=depth, seed=seed, **(overrides or {}).get(variant, {}))
+        run_dir = output_dir / "runs" / name
+        row = {"run": name, "variant": variant, "depth": depth, "seed": seed, "metric": metric}
+        try:
+            result = train(config, run_dir, run_name=name, progress=False)
+            row.update(status=result.status, step=result.step, cause=result.cause)
+        except (ValueError, RuntimeError, OSError) as error:
+            log.error("run %s failed: %s", name, error)
+            row.update(status="failed", step=-1, cause=f"{type(error).__name__}: {error}")
+        row.update(summarise_run(run_dir, target, lower_is_better, metric))
+        rows.append(row)
+        _write_runs(output_dir, rows)
+    return pd.DataFrame(rows)
+
+
+def _write_runs(output_dir: Path, rows: list[dict]) -> None:
+    path = output_dir / RUNS_FILE
+    temporary = path.with_name(path.name + ".tmp")
+    pd.DataFrame(rows).to_csv(temporary, index=False)
+    temporary.replace(path)
+
+
+def collect_records(output_dir: str | Path) -> pd.DataFrame:
+    """Read the records of every run of a comparison into one tidy frame."""
+    return read_records(Path(output_dir) / "runs")
+
+
+def collect_spectra(output_dir: str | Path) -> pd.DataFrame:
+    """Read the Jacobian spectra of every run of a comparison into one tidy frame (may be empty)."""
+    frames = [pd.read_csv(path) for path in sorted((Path(output_dir) / "runs").glob("*/spectra.csv"))]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
