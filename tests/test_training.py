@@ -206,3 +206,33 @@ def test_warmup_then_cosine():
     assert learning_rate_factor(9, config) == pytest.approx(1.0)
     assert learning_rate_factor(60, config) == pytest.approx(0.5)
     assert learning_rate_factor(110, config) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_spectrum_probes_leave_training_unchanged(tmp_path, corpus):
+    plain = TrainConfig(steps=8, dropout=0.1, **TINY)
+    probed = TrainConfig(steps=8, dropout=0.1, spectrum_every=2, spectrum_inputs=1, spectrum_tokens=4, **TINY)
+    train(plain, tmp_path / "plain", corpus=corpus)
+    train(probed, tmp_path / "probed", corpus=corpus)
+
+    def series(path, quantity):
+        return read_records(path).query("quantity == @quantity").sort_values(["step", "layer"])["value"].tolist()
+
+    for quantity in ("loss", "grad_norm", "alpha", "val_bpc"):
+        assert series(tmp_path / "plain", quantity) == series(tmp_path / "probed", quantity), quantity
+
+
+def test_recorded_gradient_is_the_clipped_one(tmp_path, corpus):
+    config = TrainConfig(steps=3, clip_norm=1e-3, lr=1e-4, **TINY)
+    train(config, tmp_path / "run", corpus=corpus)
+    norms = read_records(tmp_path / "run").query("quantity == 'grad_norm'")
+    total = norms.groupby("step")["value"].apply(lambda v: float((v**2).sum() ** 0.5))
+    assert total.tolist() == pytest.approx([1e-3] * 3, rel=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "adagrad"])
+def test_every_optimizer_trains(tmp_path, corpus, optimizer):
+    lr = 0.05 if optimizer in ("sgd", "adagrad") else 3e-3
+    result = train(TrainConfig(steps=12, optimizer=optimizer, lr=lr, **TINY), tmp_path / optimizer, corpus=corpus)
+    assert result.status == "completed"
+    loss = read_records(tmp_path / optimizer).query("quantity == 'loss'").sort_values("step")["value"].to_numpy()
+    assert loss[-3:].mean() < loss[:3].mean()
