@@ -289,7 +289,7 @@ SPECTRUM_FILES = frozenset({"config.json", "log10_singular_values.png", "singula
 def _prepare_output(output_dir: Path, overwrite: bool, known_files: frozenset[str]) -> Path:
     """Check that ``output_dir`` can be written and return a fresh temporary folder beside it.
 
-    ``--overwrite`` replaces only a folder that holds nothing but an earlier result of the
+    ``--overwrite`` replaces only a folder that contains nothing but an earlier result of the
     same command (``known_files``), and never the working folder or one above it.
     """
     if str(output_dir) in ("", "."):

@@ -113,7 +113,7 @@ def plot_alpha_trajectories(records: pd.DataFrame, *, run: str | None = None, ax
     """Plot each ReZero alpha against step, one line per layer coloured by depth.
 
     ``records`` is a tidy frame from ``read_records``; ``run`` picks one run when the
-    frame holds several (the first run by default).
+    frame contains several (the first run by default).
     """
     rows = _check_records(records, "alpha")
     run = run if run is not None else rows["run"].iloc[0]

@@ -33,3 +33,15 @@ def float64_default():
 def seeded_torch():
     """Seed torch's global RNG before every test, so random weights and inputs repeat."""
     torch.manual_seed(0)
+
+
+def run_cli(argv, capsys):
+    """Run the CLI and return (exit status, stdout, stderr); argparse errors exit with 2."""
+    from rezero_dynamics.cli import main
+
+    try:
+        status = main(argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err

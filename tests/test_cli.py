@@ -5,19 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
-from rezero_dynamics.cli import main
+from conftest import run_cli as run
 
 SMALL = ["spectrum", "--depths", "1,3", "--width", "8", "--heads", "2", "--seq-len", "3", "--num-inputs", "2", "--no-progress"]
 
 
-def run(argv, capsys):
-    """Run the CLI and return (exit status, stdout, stderr); argparse errors exit with 2."""
-    try:
-        status = main(argv)
-    except SystemExit as exit_:
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def test_spectrum_writes_results(tmp_path, capsys):

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from rezero_dynamics.cli import main
+from conftest import run_cli as run
 from rezero_dynamics.studies import compare
 from rezero_dynamics.studies.reproduce import render_report, speedup_table, verdict
 from rezero_dynamics.training import TrainConfig
@@ -14,13 +14,6 @@ TINY = ["--depth", "2", "--d-model", "16", "--heads", "2", "--seq-len", "16", "-
         "--eval-every", "5", "--eval-batches", "1", "--no-progress"]
 
 
-def run(argv, capsys):
-    try:
-        status = main(argv)
-    except SystemExit as exit_:
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def test_compare_keeps_going_after_divergence(tmp_path):

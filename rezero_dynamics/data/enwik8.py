@@ -1,6 +1,6 @@
 """enwik8, the first 10^8 bytes of an English Wikipedia XML dump (Hutter Prize), from a
 local file: no download. The standard split is the first 90,000,000 bytes for training,
-the next 5,000,000 for validation and the last 5,000,000 for testing; models read bytes,
+the next 5,000,000 for validation and the last 5,000,000 for testing. Models read bytes,
 so the vocabulary is the 256 byte values and bits per character are bits per byte."""
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ class ByteVocabulary(CharVocabulary):
 def load_enwik8(path: str | Path, *, expected_bytes: int = ENWIK8_BYTES) -> CharCorpus:
     """Load enwik8 from ``path`` (the unzipped file named ``enwik8``) and split it 90/5/5.
 
-    ``expected_bytes`` is the size the file must have, 100,000,000 for the real file;
-    tests pass a smaller size for small files of the same format, and the split scales
-    in the same 90/5/5 proportion. Raises FileNotFoundError or ValueError saying what
+    ``expected_bytes`` is the size the file must have: 100,000,000 for the real file.
+    Tests pass a smaller size for small files of the same format, and the split keeps
+    the 90/5/5 proportion. Raises FileNotFoundError or ValueError saying what
     was expected.
     """
     path = Path(path)

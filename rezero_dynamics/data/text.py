@@ -2,8 +2,8 @@
 
 The default corpus is the English text of Python's interactive help on keywords and
 topics, ``pydoc_data.topics.topics``, which ships with every CPython installation. It is
-the topics joined in sorted key order with blank lines between them; with CPython 3.11.7
-that is 79 topics and 464,970 characters (its exact size varies by Python version).
+the topics joined in sorted key order with blank lines between them. With CPython 3.11.7
+that is 79 topics and 464,970 characters; the size varies by Python version.
 """
 
 from __future__ import annotations

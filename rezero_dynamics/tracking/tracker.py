@@ -45,7 +45,7 @@ class Tracker:
             is given.
         writer: where flushed rows go; None keeps them in ``rows`` only.
         run: the run name written in every row.
-        schedule: a function of the step that says when to record (e.g. ``Every(10)``).
+        schedule: a function of the step that returns whether to record it (e.g. ``Every(10)``).
         per_parameter: also record ``grad_norm_param`` for every parameter tensor.
         activation_rms, update_norm: switch these quantities on or off.
         flush_every: flush after this many recorded steps.

@@ -1,6 +1,6 @@
 """The training loop, for language models and classifiers.
 
-A run folder holds ``config.json``, ``records.csv`` (tidy rows appended as training
+A run folder contains ``config.json``, ``records.csv`` (tidy rows appended as training
 goes), ``spectra.csv`` (Jacobian singular values at scheduled steps), ``checkpoint.pt``
 (every ``checkpoint_every`` steps and at the end) and ``status.json`` (running,
 completed, diverged, interrupted or failed, with the step and the cause).
@@ -211,7 +211,7 @@ def train(
     run_name: str | None = None,
     progress: bool = False,
 ) -> TrainResult:
-    """Train one model as ``config`` says, recording everything in ``run_dir``.
+    """Train one model with the settings in ``config`` and record everything in ``run_dir``.
 
     With ``resume=True`` training continues from ``run_dir/checkpoint.pt``: model,
     optimiser, schedule, batch sampler and RNG state are restored, so on the same device

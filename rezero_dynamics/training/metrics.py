@@ -1,8 +1,8 @@
 """Metrics of training runs: bits per character, accuracy, steps-to-target and speed-up.
 
 The ReZero paper measures convergence speed as the number of iterations a model needs
-to reach a target validation metric (1.2 bits per byte on enwik8 for its 12-layer
-Transformers) and reports speed-up as the ratio of those counts between variants.
+to reach a target validation metric: 1.2 bits per byte on enwik8 for its 12-layer
+Transformers. It reports speed-up as the ratio of those counts between variants.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def steps_to_target(
 ) -> float:
     """Return the first step at which ``value`` reaches ``target``, or NaN if it never does.
 
-    ``records`` holds one evaluation per row. With ``lower_is_better`` (losses, bits per
-    character) reaching means value <= target, otherwise value >= target (accuracy).
+    ``records`` contains one evaluation per row. With ``lower_is_better`` (losses, bits per
+    character) the target is reached when value <= target. Otherwise (accuracy) it is
+    reached when value >= target.
     """
     ordered = records.sort_values(step)
     reached = ordered[value] <= target if lower_is_better else ordered[value] >= target
