@@ -236,3 +236,13 @@ def test_every_optimizer_trains(tmp_path, corpus, optimizer):
     assert result.status == "completed"
     loss = read_records(tmp_path / optimizer).query("quantity == 'loss'").sort_values("step")["value"].to_numpy()
     assert loss[-3:].mean() < loss[:3].mean()
+
+
+def test_log_spaced_tracking(tmp_path, corpus):
+    config = TrainConfig(steps=40, track_schedule="log", track_every=4, **TINY)
+    train(config, tmp_path / "run", corpus=corpus)
+    steps = sorted(read_records(tmp_path / "run").query("quantity == 'loss'")["step"].tolist())
+    assert steps[:4] == [0, 1, 2, 3]
+    assert 10 in steps and len(steps) < 15
+    with pytest.raises(ValueError, match="unknown track_schedule 'sqrt'"):
+        TrainConfig(track_schedule="sqrt").validate()

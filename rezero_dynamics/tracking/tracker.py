@@ -16,7 +16,12 @@ parameters outside the blocks such as embeddings and the head):
   ``p.grad`` (not from backward hooks); ``grad_norm_param`` per tensor on request;
 * ``alpha`` and ``alpha_grad`` for each ReZero alpha (``layer`` is the alpha's name);
 * ``activation_rms``: root-mean-square of each block's output, from forward hooks;
-* ``update_norm``: L2 norm of each block's parameter change made by the optimiser step.
+* ``update_norm``: L2 norm of each block's parameter change made by the optimiser step;
+* ``jacobian_chi``, ``jacobian_max``, ``jacobian_min_nonzero``, ``jacobian_num_zeros``:
+  the exact input-output Jacobian spectrum of the block stack on a fixed probe batch,
+  on its own schedule, with every singular value appended to ``spectra_path``. It runs
+  before the step's forward pass and leaves the module's mode, the RNG state and the
+  gradients as they were.
 
 Every statistic is a device tensor until ``flush``, which moves all buffered values to
 the host in one transfer and appends them to the records. Between flushes the per-step
@@ -26,11 +31,13 @@ path calls no ``.item()``, ``.tolist()`` or ``.cpu()``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..residual import named_alphas
+from ..spectra import jacobian_spectrum
 from .records import RecordWriter
 from .schedules import Every
 
@@ -49,6 +56,10 @@ class Tracker:
         per_parameter: also record ``grad_norm_param`` for every parameter tensor.
         activation_rms, update_norm: switch these quantities on or off.
         flush_every: flush after this many recorded steps.
+        spectrum_probe: ``(stack, inputs)``: the module whose Jacobian spectrum is
+            recorded and its probe batch (B, *in_shape). None records no spectra.
+        spectrum_schedule: when to record the spectrum (default: never).
+        spectra_path: CSV file that receives every singular value (tidy, with ``step``).
     """
 
     def __init__(
@@ -63,6 +74,9 @@ class Tracker:
         activation_rms: bool = True,
         update_norm: bool = True,
         flush_every: int = 50,
+        spectrum_probe: tuple[nn.Module, torch.Tensor] | None = None,
+        spectrum_schedule: Callable[[int], bool] = Every(0),
+        spectra_path: str | Path | None = None,
     ) -> None:
         if blocks is None:
             blocks = getattr(model, "blocks", None)
@@ -82,6 +96,9 @@ class Tracker:
         self.track_update_norm = update_norm
         self.flush_every = flush_every
         self.rows: list[tuple] = []
+        self.spectrum_probe = spectrum_probe
+        self.spectrum_schedule = spectrum_schedule
+        self.spectra_path = Path(spectra_path) if spectra_path is not None else None
 
         # Group every trainable parameter by the block that owns it; the rest is "other".
         owner: dict[int, int] = {}
@@ -116,7 +133,12 @@ class Tracker:
         return hook
 
     def start_step(self, step: int) -> None:
-        """Decide whether ``step`` is recorded; if so, snapshot parameters for the update norm."""
+        """Decide whether ``step`` is recorded; if so, snapshot parameters for the update norm.
+
+        Records the Jacobian spectrum first when its schedule says so (a host-side step).
+        """
+        if self.spectrum_probe is not None and self.spectrum_schedule(step):
+            self.record_spectrum(step)
         self._due = bool(self.schedule(step))
         self._activations = {}
         if self._due and self.track_update_norm:
@@ -177,6 +199,23 @@ class Tracker:
         self._pending.append((step, quantity, labels, values))
 
     # -- host side -----------------------------------------------------------------------
+
+    def record_spectrum(self, step: int) -> None:
+        """Record the Jacobian spectrum of the probe's stack at ``step`` (float64, eval mode).
+
+        ``jacobian_spectrum`` works on detached copies of the parameters under a forked
+        RNG and restores every submodule's mode, so training continues unchanged.
+        """
+        if self.spectrum_probe is None:
+            raise ValueError("this tracker has no spectrum_probe; pass (stack, inputs) when creating it")
+        stack, inputs = self.spectrum_probe
+        spectrum = jacobian_spectrum(stack, inputs, dtype=torch.float64, labels={"run": self.run, "step": step})
+        summary = spectrum.summary()
+        for quantity in ("chi", "max", "min_nonzero", "num_zeros"):
+            self.record_scalar(step, f"jacobian_{quantity}", float(summary[quantity].mean()))
+        if self.spectra_path is not None:
+            frame = spectrum.to_frame()
+            frame.to_csv(self.spectra_path, mode="a", header=not self.spectra_path.exists(), index=False)
 
     def record_scalar(self, step: int, quantity: str, value: float, layer: str = "all") -> None:
         """Record a host-side scalar (an evaluation metric, say) right away, without a schedule."""

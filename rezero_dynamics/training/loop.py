@@ -29,8 +29,7 @@ from tqdm.auto import tqdm
 from ..data import CharCorpus, load_cifar10, load_digits, load_enwik8
 from ..models import ACTIVATIONS, WEIGHT_INITS
 from ..residual import NORMS, check_variant
-from ..spectra import jacobian_spectrum
-from ..tracking import RECORDS_FILE, Every, RecordWriter, Tracker
+from ..tracking import RECORDS_FILE, Every, LogSpaced, RecordWriter, Tracker
 from ..tracking.records import read_records
 from .checkpoints import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .tasks import ClassificationTask, LanguageModelTask
@@ -40,6 +39,7 @@ log = logging.getLogger(__name__)
 TASKS: dict[str, tuple[str, ...]] = {"lm": ("default", "enwik8"), "classifier": ("digits", "cifar10")}
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "adagrad")
 DECAYS: tuple[str, ...] = ("none", "cosine", "linear")
+TRACK_SCHEDULES: tuple[str, ...] = ("every", "log")
 STATUS_FILE = "status.json"
 SPECTRA_FILE = "spectra.csv"
 
@@ -83,6 +83,7 @@ class TrainConfig:
     eval_every: int = 50
     eval_batches: int = 8
     track_every: int = 1
+    track_schedule: str = "every"
     spectrum_every: int = 0
     spectrum_inputs: int = 2
     spectrum_tokens: int = 16
@@ -107,7 +108,7 @@ class TrainConfig:
         for name in ("eval_every", "track_every", "checkpoint_every", "warmup_steps", "spectrum_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 disables), got {getattr(self, name)}")
-        choices = {"optimizer": OPTIMIZERS, "decay": DECAYS, "activation": ACTIVATIONS, "init": WEIGHT_INITS, "norm": NORMS}
+        choices = {"track_schedule": TRACK_SCHEDULES, "optimizer": OPTIMIZERS, "decay": DECAYS, "activation": ACTIVATIONS, "init": WEIGHT_INITS, "norm": NORMS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
@@ -166,6 +167,14 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=0.9)
     return torch.optim.Adagrad(groups, lr=config.lr)
+
+
+def track_schedule(config: TrainConfig):
+    """Return the tracker's schedule: every ``track_every`` steps, or ``track_every`` steps
+    per decade, logarithmically spaced (``track_schedule="log"``)."""
+    if config.track_schedule == "log":
+        return LogSpaced(per_decade=max(1, config.track_every))
+    return Every(config.track_every)
 
 
 def learning_rate_factor(step: int, config: TrainConfig) -> float:
@@ -265,9 +274,10 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
         raise ValueError(f"{run_dir} already contains a run; resume it (--resume) or choose a new folder")
 
     _write_json(run_dir / "config.json", settings)
-    tracker = Tracker(model, RecordWriter(records_path), run=run_name, schedule=Every(config.track_every))
-    spectrum_stack, spectrum_probe = (
-        task.probe(model, config.spectrum_inputs, config.spectrum_tokens) if config.spectrum_every else (None, None)
+    tracker = Tracker(
+        model, RecordWriter(records_path), run=run_name, schedule=track_schedule(config),
+        spectrum_probe=task.probe(model, config.spectrum_inputs, config.spectrum_tokens) if config.spectrum_every else None,
+        spectrum_schedule=Every(config.spectrum_every), spectra_path=spectra_path,
     )
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
     status, cause, step = "running", None, start - 1
@@ -288,21 +298,9 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
         bad = int(first_bad_step.item())  # a host sync, only at evaluations, checkpoints and the end
         return None if bad < 0 else f"non-finite loss or gradient norm at step {bad}"
 
-    def record_spectrum(at_step: int) -> None:
-        spectrum = jacobian_spectrum(
-            spectrum_stack, spectrum_probe, dtype=torch.float64, labels={"run": run_name, "step": at_step}
-        )
-        summary = spectrum.summary()
-        for quantity in ("chi", "max", "min_nonzero", "num_zeros"):
-            tracker.record_scalar(at_step, f"jacobian_{quantity}", float(summary[quantity].mean()))
-        frame = spectrum.to_frame()
-        frame.to_csv(spectra_path, mode="a", header=not spectra_path.exists(), index=False)
-
     started = time.perf_counter()
     try:
         for step in tqdm(range(start, config.steps), desc=run_name, disable=not progress, initial=start, total=config.steps):
-            if config.spectrum_every and step % config.spectrum_every == 0:
-                record_spectrum(step)
             tracker.start_step(step)
             loss = task.loss(model, task.train_batch(generator, device))
             optimizer.zero_grad(set_to_none=True)
@@ -336,7 +334,7 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
         else:
             status = "completed"
             if config.spectrum_every:
-                record_spectrum(config.steps)
+                tracker.record_spectrum(config.steps)  # the trained model, after the last step
     except KeyboardInterrupt:
         status, cause = "interrupted", "interrupted (SIGINT or Ctrl-C); resume from the last checkpoint"
         raise
