@@ -35,6 +35,7 @@ from .studies import (
     SCALES,
     INPUT_KINDS,
     MODELS,
+    SPECTRUM_METHODS,
     SpectrumConfig,
     config_as_dict,
     spectrum_study,
@@ -175,7 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument("--seed", type=int, default=default.seed, help="seed of inputs and initialisation")
     spectrum.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     spectrum.add_argument("--dtype", choices=tuple(DTYPES), default=default.dtype, help="precision of the Jacobian and SVD")
-    spectrum.add_argument("--method", dest="mode", choices=JACOBIAN_MODES, default=default.mode, help="Jacobian mode: forward (JVP) or reverse (VJP)")
+    spectrum.add_argument(
+        "--method", choices=SPECTRUM_METHODS, default=default.method,
+        help="exact: every singular value from the dense Jacobian; lanczos: the --k largest and smallest, "
+             "matrix-free; slq: density of log10 singular values, matrix-free; auto: exact when the dense "
+             "Jacobian fits --memory-budget, else slq",
+    )
+    spectrum.add_argument("--jacobian-mode", dest="mode", choices=JACOBIAN_MODES, default=default.mode, help="exact method: forward (JVP) or reverse (VJP) mode")
+    spectrum.add_argument("--k", type=_positive_int, default=default.k, help="lanczos: number of largest and of smallest singular values")
+    spectrum.add_argument("--probes", type=_positive_int, default=default.probes, help="slq and moment estimates: random probe vectors")
+    spectrum.add_argument("--lanczos-steps", type=_positive_int, default=default.lanczos_steps, help="slq: Lanczos steps per probe")
     spectrum.add_argument(
         "--memory-budget", type=_positive_float, default=default.memory_budget / 2**30,
         help="memory for one Jacobian and its SVD, in GiB",
@@ -284,7 +294,9 @@ def _train_config(args: argparse.Namespace, **fixed) -> TrainConfig:
     return TrainConfig(**values).validate()
 
 
-SPECTRUM_FILES = frozenset({"config.json", "log10_singular_values.png", "singular_values.csv", "summary.csv"})
+SPECTRUM_FILES = frozenset(
+    {"config.json", "log10_singular_values.png", "singular_values.csv", "density.csv", "summary.csv"}
+)
 
 
 def _prepare_output(output_dir: Path, overwrite: bool, known_files: frozenset[str]) -> Path:
@@ -338,14 +350,15 @@ def run_spectrum(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plots import plot_log10_singular_value_histograms
+    from .plots import plot_log10_density, plot_log10_singular_value_histograms
 
     config = SpectrumConfig(
         model=args.model, variants=args.variants, depths=args.depths, width=args.width,
         heads=args.heads, d_ff=args.d_ff, seq_len=args.seq_len, num_inputs=args.num_inputs,
         inputs=args.inputs, alpha_init=args.alpha_init, activation=args.activation,
         init=args.init, sigma_w=args.sigma_w, seed=args.seed, device=resolve_device(args.device),
-        dtype=args.dtype, mode=args.mode, memory_budget=int(args.memory_budget * 2**30),
+        dtype=args.dtype, mode=args.mode, method=args.method, k=args.k, probes=args.probes,
+        lanczos_steps=args.lanczos_steps, memory_budget=int(args.memory_budget * 2**30),
     )
     try:
         config.validate()
@@ -357,22 +370,34 @@ def run_spectrum(args: argparse.Namespace) -> int:
     try:
         started = time.perf_counter()
         values, summary = spectrum_study(config, progress=not args.no_progress)
-        figure = plot_log10_singular_value_histograms(values)
-        figure.suptitle(f"{config.model} input-output Jacobian at init, {config.inputs} inputs")
+        method = summary["method"].iloc[0]
+        if method == "slq":
+            figure = plot_log10_density(values)
+        else:
+            figure = plot_log10_singular_value_histograms(values)
+        extreme = " (largest and smallest only)" if method == "lanczos" else ""
+        figure.suptitle(f"{config.model} input-output Jacobian at init, {config.inputs} inputs, {method}{extreme}")
         figure.savefig(staging / "log10_singular_values.png", dpi=120)
         plt.close(figure)
-        values.to_csv(staging / "singular_values.csv", index=False)
+        values.to_csv(staging / ("density.csv" if method == "slq" else "singular_values.csv"), index=False)
         summary.to_csv(staging / "summary.csv", index=False)
         elapsed = time.perf_counter() - started
         (staging / "config.json").write_text(
-            json.dumps({**config_as_dict(config), "seconds": round(elapsed, 1), "torch": torch.__version__}, indent=2)
+            json.dumps(
+                {**config_as_dict(config), "method_used": method, "seconds": round(elapsed, 1), "torch": torch.__version__},
+                indent=2,
+            )
         )
         _publish(staging, output_dir)
     except BaseException:  # also Ctrl-C and SIGTERM: no partial result is left behind
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
-    table = summarise_by_group(summary, values)
+    if method == "exact":
+        table = summarise_by_group(summary, values)
+    else:
+        table = summary.groupby(["depth", "variant"], sort=False).mean(numeric_only=True).drop(columns="sample").reset_index()
+    print(f"method: {method}" + (" (picked by auto)" if config.method == "auto" else ""))
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"wrote {output_dir} in {elapsed:.0f} s")
     return 0

@@ -207,3 +207,55 @@ def plot_training_curves(records: pd.DataFrame, *, metric: str | None = None, ax
     axis.legend(fontsize="small", loc="upper right")
     axis.set_title("training and validation")
     return axis.figure
+
+
+def plot_log10_density(
+    frame: pd.DataFrame,
+    *,
+    depth: str = "depth",
+    variant: str = "variant",
+    theory: pd.DataFrame | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
+) -> Figure:
+    """Plot densities of log10 singular values (from SLQ): one panel per depth, variants overlaid.
+
+    ``frame`` has columns ``log10_singular_value``, ``density`` and optionally ``spread``
+    and ``sample`` (densities of several samples are averaged). ``theory``, a frame with
+    ``log10_singular_value`` and ``density`` (e.g. from ``theory.fuss_catalan_overlay``),
+    is drawn dashed on every panel.
+    """
+    missing = [c for c in ("log10_singular_value", "density", depth, variant) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"frame is missing column(s) {', '.join(missing)}; pass the density frame of the slq method")
+    depths = sorted(frame[depth].unique())
+    variants = list(dict.fromkeys(frame[variant]))
+    axes = _panel_axes(ax, len(depths))
+    colours = dict(zip(variants, sns.color_palette(n_colors=len(variants))))
+    for panel, depth_value in zip(axes, depths):
+        for name in variants:
+            rows = frame[(frame[depth] == depth_value) & (frame[variant] == name)]
+            if rows.empty:
+                continue
+            mean = rows.groupby("log10_singular_value", sort=True)["density"].mean()
+            panel.plot(mean.index, mean.to_numpy(), color=colours[name], label=name)
+            if "spread" in rows.columns:
+                spread = rows.groupby("log10_singular_value", sort=True)["spread"].mean()
+                panel.fill_between(mean.index, (mean - spread).clip(lower=0), mean + spread, color=colours[name], alpha=0.2)
+        if theory is not None:
+            panel.plot(theory["log10_singular_value"], theory["density"], color="black", linestyle="--", label="theory")
+        panel.set_title(f"{depth} {depth_value}")
+        panel.set_xlabel("log10 singular value")
+        panel.legend(fontsize="small")
+    axes[0].set_ylabel("density")
+    return axes[0].figure
+
+
+def add_theory_curve(ax: Axes, theory: pd.DataFrame, *, label: str = "theory", scale: float = 1.0) -> Figure:
+    """Draw a theory density (columns log10_singular_value, density) on ``ax``, dashed.
+
+    ``scale`` converts the density to the histogram's units: for bars that are fractions
+    of singular values per bin, pass the bin width in log10 units.
+    """
+    ax.plot(theory["log10_singular_value"], theory["density"] * scale, color="black", linestyle="--", label=label)
+    ax.legend(fontsize="small")
+    return ax.figure

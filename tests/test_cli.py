@@ -147,7 +147,7 @@ def test_spectrum_sigterm_leaves_nothing(tmp_path):
 
 def test_spectrum_failure_writes_nothing(tmp_path, capsys):
     output = tmp_path / "too-big"
-    status, _, err = run([*SMALL, "--memory-budget", "1e-9", "--output-dir", str(output)], capsys)
+    status, _, err = run([*SMALL, "--method", "exact", "--memory-budget", "1e-9", "--output-dir", str(output)], capsys)
     assert status == 2
     assert "over the memory budget" in err
     assert list(tmp_path.iterdir()) == []
@@ -166,3 +166,35 @@ def test_float_formatting_in_summary(tmp_path, capsys):
     assert status == 0
     chi_line = [line for line in out.splitlines() if "rezero" in line][0]
     assert math.isclose(float(chi_line.split()[2]), 1.0)
+
+
+@pytest.mark.parametrize("method", ["lanczos", "slq"])
+def test_spectrum_matrix_free_methods(tmp_path, capsys, method):
+    output = tmp_path / method
+    status, out, err = run(
+        [*SMALL, "--depths", "2", "--method", method, "--k", "3", "--probes", "3", "--lanczos-steps", "10",
+         "--output-dir", str(output)],
+        capsys,
+    )
+    assert status == 0, err
+    assert f"method: {method}" in out
+    values = pd.read_csv(output / ("density.csv" if method == "slq" else "singular_values.csv"))
+    if method == "lanczos":
+        rezero = values[values["variant"] == "rezero"]
+        assert sorted(rezero["which"].unique()) == ["largest", "smallest"]
+        assert rezero["singular_value"].sub(1.0).abs().max() < 1e-12
+    else:
+        assert {"log10_singular_value", "density", "spread"} <= set(values.columns)
+    assert json.loads((output / "config.json").read_text())["method_used"] == method
+
+
+def test_spectrum_auto_picks_slq_over_budget(tmp_path, capsys):
+    output = tmp_path / "auto"
+    # 24 x 24 float64 needs 9 KiB with its SVD copy; a 4 KiB budget forces the matrix-free path.
+    status, out, err = run(
+        [*SMALL, "--depths", "1", "--variants", "rezero", "--probes", "2", "--lanczos-steps", "5",
+         "--memory-budget", str(4 / 2**20), "--output-dir", str(output)],
+        capsys,
+    )
+    assert status == 0, err
+    assert "method: slq (picked by auto)" in out

@@ -110,29 +110,17 @@ def _cast_state(module: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor
 
 
 @contextlib.contextmanager
-def analysis_call(
-    fn: nn.Module | Callable[[torch.Tensor], torch.Tensor],
-    module_mode: str,
-    dtype: torch.dtype,
-) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
-    """Yield a pure function of the input that evaluates ``fn`` for analysis.
+def module_mode_context(fn: object, module_mode: str) -> Iterator[None]:
+    """Put every submodule of module ``fn`` in ``module_mode`` and restore each flag on exit.
 
-    For a module: every submodule is put in ``module_mode`` (``eval``, ``train``, or
-    ``as_is`` to leave the modes alone), and the module is called through
-    ``functional_call`` with detached parameters and cloned buffers cast to ``dtype``.
-    The caller's module keeps its parameters, buffers and dtype, and each submodule's
-    training flag is restored on exit, also after an error.
-
-    A plain function is called as it is; it must accept inputs of ``dtype``.
-
+    ``eval`` and ``train`` set the mode; ``as_is`` leaves it. Plain functions pass through.
     Raises ValueError for BatchNorm in training mode: batch statistics couple the
     samples of a batch, so a per-sample Jacobian is not defined.
     """
     _check_choice("module_mode", module_mode, MODULE_MODES)
     if not isinstance(fn, nn.Module):
-        yield fn
+        yield
         return
-
     saved_modes = [(child, child.training) for child in fn.modules()]
     try:
         if module_mode == "eval":
@@ -147,11 +135,41 @@ def analysis_call(
                 f"and a per-sample Jacobian is not defined; analyse with module_mode='eval', "
                 f"which uses the running statistics"
             )
-        tensors = _cast_state(fn, dtype)
-        yield lambda x: functional_call(fn, tensors, (x,), tie_weights=False)
+        yield
     finally:
         for child, training in saved_modes:
             child.training = training
+
+
+def pure_call(
+    fn: nn.Module | Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return a function of the input that evaluates ``fn`` on a snapshot of its state.
+
+    For a module the snapshot holds detached parameters and cloned buffers cast to
+    ``dtype``, so the caller's module keeps its tensors and dtype and gets no gradients.
+    The module's training flags are read at each call (see ``module_mode_context``).
+    A plain function is returned as it is; it must accept inputs of ``dtype``.
+    """
+    if not isinstance(fn, nn.Module):
+        return fn
+    tensors = _cast_state(fn, dtype)
+    return lambda x: functional_call(fn, tensors, (x,), tie_weights=False)
+
+
+@contextlib.contextmanager
+def analysis_call(
+    fn: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    module_mode: str,
+    dtype: torch.dtype,
+) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """Yield a pure function of the input that evaluates ``fn`` for analysis.
+
+    Combines ``module_mode_context`` and ``pure_call``: inside the block every submodule
+    is in ``module_mode``; on exit each training flag is restored, also after an error.
+    """
+    with module_mode_context(fn, module_mode):
+        yield pure_call(fn, dtype)
 
 
 def _check_devices(fn: object, x: torch.Tensor) -> None:

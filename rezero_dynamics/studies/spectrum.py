@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+
+import numpy as np
 from dataclasses import dataclass
 
 import pandas as pd
@@ -27,6 +29,17 @@ log = logging.getLogger(__name__)
 MODELS: tuple[str, ...] = ("transformer", "mlp")
 INPUT_KINDS: tuple[str, ...] = ("text", "gaussian")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+SPECTRUM_METHODS: tuple[str, ...] = ("auto", "exact", "lanczos", "slq")
+
+
+def choose_method(config: "SpectrumConfig") -> str:
+    """Resolve ``auto``: ``exact`` when the dense Jacobian and its SVD copy fit the memory
+    budget, else ``slq``. Other methods are returned unchanged."""
+    if config.method != "auto":
+        return config.method
+    n = math.prod(config.input_shape)
+    itemsize = torch.finfo(DTYPES[config.dtype]).bits // 8
+    return "exact" if 2 * n * n * itemsize <= config.memory_budget else "slq"
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,10 @@ class SpectrumConfig:
     device: str = "cpu"
     dtype: str = "float64"
     mode: str = "auto"
+    method: str = "auto"
+    k: int = 16
+    probes: int = 10
+    lanczos_steps: int = 60
     memory_budget: int = DEFAULT_MEMORY_BUDGET
 
     def validate(self) -> "SpectrumConfig":
@@ -63,6 +80,7 @@ class SpectrumConfig:
         _check_in("inputs", self.inputs, INPUT_KINDS)
         _check_in("dtype", self.dtype, tuple(DTYPES))
         _check_in("Jacobian mode", self.mode, JACOBIAN_MODES)
+        _check_in("method", self.method, SPECTRUM_METHODS)
         _check_in("activation", self.activation, ACTIVATIONS)
         _check_in("init", self.init, WEIGHT_INITS)
         if not self.variants:
@@ -76,7 +94,7 @@ class SpectrumConfig:
             raise ValueError("no depths given; name at least one, e.g. 12")
         for depth in self.depths:
             check_positive_int("depth", depth)
-        for name in ("width", "heads", "seq_len", "num_inputs"):
+        for name in ("width", "heads", "seq_len", "num_inputs", "k", "probes", "lanczos_steps"):
             check_positive_int(name, getattr(self, name))
         if self.model == "transformer" and self.width % self.heads != 0:
             raise ValueError(
@@ -144,34 +162,87 @@ def spectrum_study(config: SpectrumConfig, *, progress: bool = False) -> tuple[p
     Models are built from seed ``config.seed`` (one fixed stream per variant and depth), in
     their own forked RNG, so the caller's global RNG is untouched.
 
-    Returns ``(singular_values, summary)``: the tidy frame of all singular values and the
-    per-sample summaries, both with ``variant`` and ``depth`` columns.
+    Methods (``config.method``; ``auto`` picks with ``choose_method`` and logs the choice):
+
+    * ``exact``: every singular value. Returns ``(singular_values, summary)``, tidy,
+      with ``variant`` and ``depth`` columns.
+    * ``lanczos``: the ``k`` largest and ``k`` smallest singular values per input,
+      matrix-free. Same frames; ``which`` says largest or smallest, ``converged`` and
+      ``residual`` the quality of each value.
+    * ``slq``: the density of log10 singular values by stochastic Lanczos quadrature.
+      Returns ``(density, summary)``: density has log10_singular_value, density, spread
+      per (variant, depth, sample); summary has zero_fraction and probe estimates of chi.
     """
     config.validate()
+    method = choose_method(config)
     device = torch.device(config.device)
     dtype = DTYPES[config.dtype]
     inputs = study_inputs(config).to(device)
     log.info(
-        "spectrum study: %s, variants %s, depths %s, inputs %s (%s), %d samples of shape %s, %s",
+        "spectrum study: %s, variants %s, depths %s, inputs %s (%s), %d samples of shape %s, %s, method %s",
         config.model, ",".join(config.variants), ",".join(map(str, config.depths)), config.inputs,
         DEFAULT_CORPUS_NAME if config.inputs == "text" else "N(0, 1)", config.num_inputs,
-        config.input_shape, config.dtype,
+        config.input_shape, config.dtype, method,
     )
 
     jobs = [(v, d) for d in config.depths for v in config.variants]
     values, summaries = [], []
-    for index, (variant, depth) in enumerate(tqdm(jobs, desc="spectra", disable=not progress)):
+    for index, (variant, depth) in enumerate(tqdm(jobs, desc=f"spectra ({method})", disable=not progress)):
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(config.seed * 1_000_003 + index)
             stack = build_stack(config, variant, depth)
         stack = stack.to(device)
-        spectrum = jacobian_spectrum(
-            stack, inputs, mode=config.mode, dtype=dtype, memory_budget=config.memory_budget,
-            labels={"variant": variant, "depth": depth}, seed=config.seed,
-        )
-        values.append(spectrum.to_frame())
-        summaries.append(spectrum.summary())
-    return pd.concat(values, ignore_index=True), pd.concat(summaries, ignore_index=True)
+        labels = {"variant": variant, "depth": depth}
+        if method == "exact":
+            spectrum = jacobian_spectrum(
+                stack, inputs, mode=config.mode, dtype=dtype, memory_budget=config.memory_budget,
+                labels=labels, seed=config.seed,
+            )
+            values.append(spectrum.to_frame())
+            summaries.append(spectrum.summary())
+        else:
+            frame, summary = _matrix_free_job(stack, inputs, config, method, dtype)
+            values.append(frame.assign(**labels))
+            summaries.append(summary.assign(**labels))
+    values_frame = pd.concat(values, ignore_index=True)
+    summary_frame = pd.concat(summaries, ignore_index=True).assign(method=method)
+    return values_frame, summary_frame
+
+
+def _matrix_free_job(stack, inputs, config: SpectrumConfig, method: str, dtype) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from ..spectra.matrix_free import JacobianOperator, extreme_singular_values, jacobian_moments, spectral_density
+
+    frames, summaries = [], []
+    for sample in range(inputs.shape[0]):
+        operator = JacobianOperator(stack, inputs[sample : sample + 1], dtype=dtype, seed=config.seed)
+        moments = jacobian_moments(operator, probes=max(2, config.probes), seed=config.seed)
+        row = {"sample": sample, "n_in": operator.shape[1], "n_out": operator.shape[0],
+               "chi": moments.chi, "chi_stderr": moments.chi_stderr}
+        if method == "lanczos":
+            k = min(config.k, min(operator.shape))
+            for which in ("largest", "smallest"):
+                result = extreme_singular_values(operator, k, which=which, seed=config.seed)
+                values = result.values
+                frames.append(pd.DataFrame({
+                    "sample": sample, "which": which, "index": np.arange(len(values)),
+                    "singular_value": values, "residual": result.residuals, "converged": result.converged,
+                }))
+                row[f"{which}_converged"] = result.converged
+                row[f"{which}_iterations"] = result.iterations
+        else:
+            density = spectral_density(operator, probes=config.probes, steps=config.lanczos_steps, seed=config.seed)
+            frames.append(density.to_frame().assign(sample=sample))
+            row["zero_fraction"] = density.zero_fraction
+        summaries.append(row)
+    frame = pd.concat(frames, ignore_index=True)
+    if method == "lanczos":
+        # Zero to working precision, relative to each sample's largest singular value.
+        largest = frame["sample"].map(frame[frame["which"] == "largest"].groupby("sample")["singular_value"].max())
+        n = math.prod(config.input_shape)
+        frame["is_zero"] = frame["singular_value"] <= largest * n * torch.finfo(dtype).eps
+        positive = frame["singular_value"].where(~frame["is_zero"])
+        frame["log10_singular_value"] = np.log10(positive)
+    return frame, pd.DataFrame(summaries)
 
 
 def summarise_by_group(summary: pd.DataFrame, values: pd.DataFrame, tiny: float = 1e-3) -> pd.DataFrame:
