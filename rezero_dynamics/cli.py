@@ -57,8 +57,8 @@ class CommandError(Exception):
     """An error to report to the user in one line, without a traceback."""
 
 
-class Terminated(Exception):
-    """SIGTERM arrived; handled like Ctrl-C."""
+class Terminated(BaseException):
+    """SIGTERM arrived; handled like Ctrl-C (a BaseException, so ``except Exception`` lets it pass)."""
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -426,6 +426,16 @@ def run_train(args: argparse.Namespace) -> int:
     from .training import train as train_run
 
     config = _train_config(args)
+    if args.tensorboard:
+        try:
+            import tensorboard  # noqa: F401  (checked before training, not after)
+        except ImportError:
+            raise CommandError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    if args.resume:
+        if args.output_dir is None:
+            raise CommandError("--resume needs --output-dir: the run folder to continue")
+        if not (args.output_dir / "checkpoint.pt").is_file():
+            raise CommandError(f"--resume: no checkpoint.pt in {args.output_dir}; pass the folder of an earlier run")
     output_dir = args.output_dir or _default_dir("train")
     if not args.resume:
         _new_folder(output_dir)
@@ -478,7 +488,9 @@ def run_plot(args: argparse.Namespace) -> int:
         records = read_records(run_dir)
     except FileNotFoundError as error:
         raise CommandError(str(error)) from None
-    spectra_files = sorted(run_dir.rglob("spectra.csv"))
+    if records.empty:
+        raise CommandError(f"RUN_DIR {run_dir} has no records yet; nothing to plot")
+    spectra_files = sorted(run_dir.rglob("spectra.csv"))  # each run's own; reproduce keeps no combined copy
     spectra = pd.concat([pd.read_csv(p) for p in spectra_files], ignore_index=True) if spectra_files else pd.DataFrame()
     runs = pd.DataFrame({"run": list(dict.fromkeys(records["run"]))})
     figures = write_figures(records, spectra, runs, run_dir / "figures")

@@ -146,7 +146,9 @@ def plot_grad_norm_heatmap(records: pd.DataFrame, *, run: str | None = None, ax:
     from matplotlib.colors import LogNorm
 
     table, run = _block_grad_norms(records, run)
-    positive = table.to_numpy()[table.to_numpy() > 0]
+    table = table.where(np.isfinite(table))  # steps after a divergence (inf, NaN) are left blank
+    values = table.to_numpy()
+    positive = values[np.isfinite(values) & (values > 0)]
     if positive.size == 0:
         raise ValueError(f"run {run!r} has no positive gradient norms to draw on a log scale")
     axis = _new_axes(ax)
@@ -167,6 +169,7 @@ def plot_grad_norm_profiles(
 ) -> Figure:
     """Plot gradient norm against block index at the recorded steps nearest to ``steps``."""
     table, run = _block_grad_norms(records, run)
+    table = table.where(np.isfinite(table))
     axis = _new_axes(ax)
     recorded = table.columns.to_numpy()
     for wanted in steps:

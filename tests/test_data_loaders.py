@@ -105,3 +105,30 @@ def test_digits_split():
     assert sum(sizes) == 1797
     assert dataset.num_features == 64 and dataset.num_classes == 10
     assert 0.0 <= dataset.train[0].min().item() and dataset.train[0].max().item() <= 1.0
+
+
+def test_cifar10_random_bytes(tmp_path):
+    make_cifar(tmp_path / "c")
+    (tmp_path / "c" / "data_batch_4").write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(ValueError, match="data_batch_4 is not a CIFAR-10 Python batch"):
+        load_cifar10(tmp_path / "c")
+
+
+def test_cifar10_labels_out_of_range(tmp_path):
+    make_cifar(tmp_path / "c")
+    batch = write_cifar_batch(tmp_path / "c" / "data_batch_5", 20, 5)
+    batch[b"labels"][3] = 11
+    with open(tmp_path / "c" / "data_batch_5", "wb") as handle:
+        pickle.dump(batch, handle)
+    with pytest.raises(ValueError, match="labels outside 0..9"):
+        load_cifar10(tmp_path / "c")
+
+
+def test_cifar10_float_pixels_rejected(tmp_path):
+    make_cifar(tmp_path / "c")
+    batch = write_cifar_batch(tmp_path / "c" / "test_batch", 20, 9)
+    batch[b"data"] = batch[b"data"].astype(np.float64)
+    with open(tmp_path / "c" / "test_batch", "wb") as handle:
+        pickle.dump(batch, handle)
+    with pytest.raises(ValueError, match="uint8"):
+        load_cifar10(tmp_path / "c")

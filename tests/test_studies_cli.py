@@ -123,3 +123,30 @@ def test_report_verdict_when_rezero_is_slower():
 def test_report_verdict_when_rezero_misses_target():
     runs = runs_frame({"pre_norm": 80.0, "rezero": float("nan")})
     assert "did not reach 3.2" in verdict(runs, 3.2)[0]
+
+
+def test_plot_survives_infinite_gradients(tmp_path, capsys):
+    base = TrainConfig(depth=6, d_model=16, heads=2, seq_len=16, batch_size=4, steps=10, eval_every=0,
+                       eval_batches=1, checkpoint_every=0, lr=1e6, optimizer="sgd")
+    compare(base, tmp_path, variants=["post_norm", "rezero"], depths=[6])
+    status, out, err = run(["plot", str(tmp_path)], capsys)
+    assert status == 0, err
+    assert "grad_norms.png" in out
+
+
+def test_read_records_prefers_combined_file(tmp_path):
+    from rezero_dynamics.tracking import read_records
+
+    base = TrainConfig(depth=2, d_model=16, heads=2, seq_len=16, batch_size=4, steps=3, eval_every=0,
+                       eval_batches=1, checkpoint_every=0)
+    compare(base, tmp_path, variants=["rezero"], depths=[2])
+    runs_only = read_records(tmp_path)
+    runs_only.to_csv(tmp_path / "records.csv", index=False)
+    assert len(read_records(tmp_path)) == len(runs_only)
+
+
+def test_resume_without_checkpoint(tmp_path, capsys):
+    status, _, err = run(["train", *TINY, "--resume", "--output-dir", str(tmp_path / "none")], capsys)
+    assert status == 2
+    assert "no checkpoint.pt in" in err
+    assert not (tmp_path / "none").exists()

@@ -246,3 +246,86 @@ def test_log_spaced_tracking(tmp_path, corpus):
     assert 10 in steps and len(steps) < 15
     with pytest.raises(ValueError, match="unknown track_schedule 'sqrt'"):
         TrainConfig(track_schedule="sqrt").validate()
+
+
+def test_evaluation_is_deterministic_and_leaves_training_alone(tmp_path, corpus):
+    from rezero_dynamics.training import LanguageModelTask
+
+    config = TrainConfig(dropout=0.5, alpha_init=1.0, **TINY)
+    task = LanguageModelTask(corpus, config)
+    model = task.build_model().train()
+    first = task.evaluate(model, torch.device("cpu"))
+    assert task.evaluate(model, torch.device("cpu")) == first
+    assert model.training
+
+    every_five = TrainConfig(steps=12, dropout=0.3, **{**TINY, "eval_every": 5})
+    every_seven = TrainConfig(steps=12, dropout=0.3, **{**TINY, "eval_every": 7})
+    train(every_five, tmp_path / "five", corpus=corpus)
+    train(every_seven, tmp_path / "seven", corpus=corpus)
+
+    def losses(path):
+        return read_records(path).query("quantity == 'loss'").sort_values("step")["value"].tolist()
+
+    assert losses(tmp_path / "five") == losses(tmp_path / "seven")
+
+
+def test_resume_keeps_spectrum_probe(tmp_path, corpus, monkeypatch):
+    import rezero_dynamics.training.loop as loop
+
+    config = TrainConfig(steps=12, spectrum_every=4, spectrum_inputs=1, spectrum_tokens=4, lr=1e-2,
+                         **{**TINY, "checkpoint_every": 6})
+    train(config, tmp_path / "straight", corpus=corpus)
+    original = loop.save_checkpoint
+
+    def save_then_die(state, path):
+        original(state, path)
+        if state["step"] == 6:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, tmp_path / "resumed", corpus=corpus)
+    train(config, tmp_path / "resumed", corpus=corpus, resume=True)
+    straight = pd.read_csv(tmp_path / "straight" / "spectra.csv")
+    resumed = pd.read_csv(tmp_path / "resumed" / "spectra.csv")
+    assert straight["step"].tolist() == resumed["step"].tolist()
+    assert straight["singular_value"].tolist() == resumed["singular_value"].tolist()
+
+
+def test_divergence_before_spectrum_is_diverged(tmp_path, corpus):
+    config = TrainConfig(variant="post_norm", steps=20, lr=1e6, optimizer="sgd", spectrum_every=5, spectrum_inputs=1,
+                         spectrum_tokens=4, **{**TINY, "depth": 6, "eval_every": 0})
+    result = train(config, tmp_path / "bad", corpus=corpus)
+    assert result.status == "diverged"
+
+
+def test_other_interruption_marked_interrupted(tmp_path, corpus, monkeypatch):
+    import rezero_dynamics.training.loop as loop
+
+    class Terminated(BaseException):
+        pass
+
+    def die(state, path):
+        raise Terminated
+
+    monkeypatch.setattr(loop, "save_checkpoint", die)
+    with pytest.raises(Terminated):
+        train(TrainConfig(steps=8, **TINY), tmp_path / "run", corpus=corpus)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "interrupted"
+    assert "Terminated" in status["cause"]
+
+
+def test_checkpoint_garbage_file(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_text("hello\n")
+    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        load_checkpoint(path)
+
+
+def test_more_invalid_config_messages():
+    with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0, got -1"):
+        TrainConfig(weight_decay=-1.0).validate()
+    with pytest.raises(ValueError, match="use --spectrum-tokens at most --seq-len"):
+        TrainConfig(seq_len=16, spectrum_every=1, spectrum_tokens=100).validate()

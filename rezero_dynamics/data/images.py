@@ -62,6 +62,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # Python 3 pickles of bytes at protocol 2; it only encodes text
     }
 
     def find_class(self, module: str, name: str):
@@ -79,19 +80,24 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as handle:
             batch = _ArrayUnpickler(handle, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+    except Exception as error:  # damaged pickles raise many types (OverflowError, KeyError, ...)
         raise ValueError(
             f"{path} is not a CIFAR-10 Python batch ({error}); expected the pickled dict from "
             f"cifar-10-python.tar.gz"
         ) from None
     data = batch.get(b"data") if isinstance(batch, dict) else None
     labels = batch.get(b"labels") if isinstance(batch, dict) else None
-    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != CIFAR10_FEATURES or labels is None:
+    if (
+        not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2
+        or data.shape[1] != CIFAR10_FEATURES or labels is None
+    ):
         raise ValueError(
             f"{path} is not a CIFAR-10 Python batch: expected a dict with b'data' of shape "
             f"(N, {CIFAR10_FEATURES}) uint8 and b'labels'"
         )
     labels = np.asarray(labels, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{path} has labels outside 0..9 ({labels.min()}..{labels.max()}); CIFAR-10 has 10 classes")
     if len(labels) != data.shape[0]:
         raise ValueError(f"{path} has {data.shape[0]} images but {len(labels)} labels; the file is truncated or corrupted")
     return data, labels

@@ -80,8 +80,8 @@ def compare(
         try:
             result = train(config, run_dir, run_name=name, progress=False)
             row.update(status=result.status, step=result.step, cause=result.cause)
-        except (ValueError, RuntimeError, OSError) as error:
-            log.error("run %s failed: %s", name, error)
+        except Exception as error:  # one broken run must not stop the comparison
+            log.error("run %s failed: %s: %s", name, type(error).__name__, error)
             row.update(status="failed", step=-1, cause=f"{type(error).__name__}: {error}")
         row.update(summarise_run(run_dir, target, lower_is_better, metric))
         rows.append(row)

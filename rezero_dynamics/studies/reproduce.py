@@ -20,6 +20,7 @@ Scales:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ import pandas as pd
 
 from ..training import TrainConfig
 from .compare import collect_records, collect_spectra, compare
+
+log = logging.getLogger(__name__)
 
 VARIANTS = ("post_norm", "pre_norm", "rezero")
 
@@ -133,27 +136,44 @@ def write_figures(records: pd.DataFrame, spectra: pd.DataFrame, runs: pd.DataFra
         plt.close(figure)
         written.append(path)
 
+    def attempt(draw, name: str) -> None:
+        # One figure that cannot be drawn (say, a run with no finite values) must not
+        # cost the report the others.
+        try:
+            save(draw(), name)
+        except ValueError as error:
+            log.warning("figure %s was not drawn: %s", name, error)
+            plt.close("all")
+
     if (records["quantity"] == "loss").any():
-        save(plot_training_curves(records), "training_curves.png")
+        attempt(lambda: plot_training_curves(records), "training_curves.png")
     names = [r for r in runs["run"] if (records["run"] == r).any()]
     for name in names:
         run_records = records[records["run"] == name]
         if (run_records["quantity"] == "alpha").any():
-            save(plot_alpha_trajectories(run_records), f"alpha_{name}.png")
+            attempt(lambda: plot_alpha_trajectories(run_records), f"alpha_{name}.png")
     grad_runs = [n for n in names if (records[(records["run"] == n)]["quantity"] == "grad_norm").any()]
     if grad_runs:
-        figure, axes = plt.subplots(len(grad_runs), 2, figsize=(12, 3.4 * len(grad_runs)), squeeze=False)
-        figure.set_layout_engine("constrained")
-        for row, name in zip(axes, grad_runs):
-            run_records = records[records["run"] == name]
-            steps = np.sort(run_records["step"].unique())
-            plot_grad_norm_heatmap(run_records, ax=row[0])
-            plot_grad_norm_profiles(run_records, [steps[0], steps[len(steps) // 2], steps[-1]], ax=row[1])
-        save(figure, "grad_norms.png")
+
+        def draw_grad_norms():
+            figure, axes = plt.subplots(len(grad_runs), 2, figsize=(12, 3.4 * len(grad_runs)), squeeze=False)
+            figure.set_layout_engine("constrained")
+            for row, name in zip(axes, grad_runs):
+                run_records = records[records["run"] == name]
+                steps = np.sort(run_records["step"].unique())
+                plot_grad_norm_heatmap(run_records, ax=row[0])
+                plot_grad_norm_profiles(run_records, [steps[0], steps[len(steps) // 2], steps[-1]], ax=row[1])
+            return figure
+
+        attempt(draw_grad_norms, "grad_norms.png")
     if not spectra.empty:
-        figure = plot_log10_singular_value_histograms(spectra, depth="step", variant="run")
-        figure.suptitle("input-output Jacobian of the block stack during training")
-        save(figure, "jacobian_spectra.png")
+
+        def draw_spectra():
+            figure = plot_log10_singular_value_histograms(spectra, depth="step", variant="run")
+            figure.suptitle("input-output Jacobian of the block stack during training")
+            return figure
+
+        attempt(draw_spectra, "jacobian_spectra.png")
     return written
 
 
@@ -236,6 +256,16 @@ def render_report(scale: str, settings: Scale, base: TrainConfig, runs: pd.DataF
             f"{_format(row['final_metric'])} | {_format(row['steps_to_target'])} | {speedup_text} |"
         )
     lines += ["", "## Where the paper's effect appears", "", *verdict(runs, settings.target), ""]
+    lines += [
+        "## How far to trust these numbers",
+        "",
+        f"- {len(settings.seeds)} seed(s) per variant: seed-to-seed spread is not measured here.",
+        f"- Validation is evaluated every {base.eval_every} steps on {base.eval_batches} fixed batches, so "
+        f"steps-to-target is resolved to {base.eval_every} steps; the evaluation labelled step k follows "
+        f"k + 1 updates.",
+        "- The final training loss is that of the last minibatch.",
+        "",
+    ]
     failed = runs[runs["status"] != "completed"]
     if len(failed):
         lines += ["## Runs that did not complete", ""]

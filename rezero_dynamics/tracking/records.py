@@ -41,12 +41,20 @@ class RecordWriter:
 
 
 def read_records(path: str | Path) -> pd.DataFrame:
-    """Read a records file, or every ``records.csv`` below a folder, into one tidy frame.
+    """Read a records file into one tidy frame.
+
+    For a folder: its own ``records.csv`` if it has one (a run, or the combined records
+    of a study), else every ``records.csv`` below it (the runs of a comparison).
 
     A last line without its newline (cut off by a crash) is dropped.
     """
     path = Path(path)
-    files = sorted(path.rglob(RECORDS_FILE)) if path.is_dir() else [path]
+    if path.is_dir() and (path / RECORDS_FILE).is_file():
+        files = [path / RECORDS_FILE]  # a run folder, or a study's combined records
+    elif path.is_dir():
+        files = sorted(path.rglob(RECORDS_FILE))
+    else:
+        files = [path]
     if not files:
         raise FileNotFoundError(f"no {RECORDS_FILE} found below {path}; pass a run folder written by train or compare")
     frames = []

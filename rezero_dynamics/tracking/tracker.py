@@ -111,6 +111,7 @@ class Tracker:
         self.parameters = [p for _, p in named]
         group = [owner.get(id(p), len(blocks)) for p in self.parameters]
         self._group_index = torch.tensor(group, dtype=torch.long)
+        self._group_cache: dict[tuple, torch.Tensor] = {}
         self.alphas = model.alphas() if hasattr(model, "alphas") else named_alphas(model)
 
         self._due = False
@@ -153,12 +154,14 @@ class Tracker:
             return
         device = loss.device
         self._push(step, "loss", ["all"], loss.detach().float().reshape(1))
-        self._push(step, "lr", ["all"], torch.as_tensor(lr, dtype=torch.float32, device=device).reshape(1))
+        # torch.full fills on the device; torch.as_tensor(lr, device=...) would copy from the host.
+        learning_rate = lr.detach().float().reshape(1) if torch.is_tensor(lr) else torch.full((1,), float(lr), device=device)
+        self._push(step, "lr", ["all"], learning_rate)
 
-        with_grad = [i for i, p in enumerate(self.parameters) if p.grad is not None]
+        with_grad = tuple(i for i, p in enumerate(self.parameters) if p.grad is not None)
         if with_grad:
             norms = torch.stack(torch._foreach_norm([self.parameters[i].grad.detach() for i in with_grad])).float()
-            groups = self._group_index.to(norms.device)[with_grad]
+            groups = self._device_groups(with_grad, norms.device)
             squares = torch.zeros(len(self.layer_labels), device=norms.device).index_add_(0, groups, norms.square())
             self._push(step, "grad_norm", self.layer_labels, squares.sqrt())
             if self.per_parameter:
@@ -185,7 +188,7 @@ class Tracker:
             differences = torch._foreach_sub([p.detach() for p in self.parameters], self._snapshot)
             norms = torch.stack(torch._foreach_norm(differences)).float()
             squares = torch.zeros(len(self.layer_labels), device=norms.device).index_add_(
-                0, self._group_index.to(norms.device), norms.square()
+                0, self._device_groups(tuple(range(len(self.parameters))), norms.device), norms.square()
             )
             self._push(step, "update_norm", self.layer_labels, squares.sqrt())
             self._snapshot = None
@@ -194,6 +197,14 @@ class Tracker:
         self._recorded_steps += 1
         if self._recorded_steps % self.flush_every == 0:
             self.flush()
+
+    def _device_groups(self, indices: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """Block index of each parameter in ``indices``, cached on ``device``: copying it from
+        the host every step would synchronise a CUDA device."""
+        key = (indices, device)
+        if key not in self._group_cache:
+            self._group_cache[key] = self._group_index[list(indices)].to(device)
+        return self._group_cache[key]
 
     def _push(self, step: int, quantity: str, labels: list[str], values: torch.Tensor) -> None:
         self._pending.append((step, quantity, labels, values))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -45,9 +44,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} contains objects other than tensors and plain containers and was "
             f"not loaded, because unpickling them could run code ({str(error).splitlines()[0]})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+    except Exception as error:  # torch.load raises many types on damaged files (KeyError, ValueError, ...)
         raise CheckpointError(
-            f"checkpoint {path} is corrupted or truncated ({str(error).splitlines()[0]}); "
+            f"checkpoint {path} is corrupted or truncated ({type(error).__name__}: {(str(error).splitlines() or [''])[0]}); "
             f"resume from an earlier checkpoint or start a new run"
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:

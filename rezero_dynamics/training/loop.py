@@ -122,6 +122,13 @@ class TrainConfig:
             raise ValueError(f"clip_norm must be a positive finite number or None, got {self.clip_norm}")
         if not math.isfinite(self.alpha_init):
             raise ValueError(f"alpha_init must be finite, got {self.alpha_init}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.task == "lm" and self.spectrum_every and self.spectrum_tokens > self.seq_len:
+            raise ValueError(
+                f"spectrum_tokens={self.spectrum_tokens} exceeds seq_len={self.seq_len}; use --spectrum-tokens "
+                f"at most --seq-len"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         return self
@@ -243,6 +250,9 @@ def train(
 
 def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resume: bool, run_name: str, progress: bool) -> TrainResult:
     model = task.build_model().to(device).train()
+    # The probe is built from the freshly initialised model, before any checkpoint is
+    # loaded, so a resumed run measures spectra on the same inputs as an uninterrupted one.
+    probe = task.probe(model, config.spectrum_inputs, config.spectrum_tokens) if config.spectrum_every else None
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
     generator = torch.Generator().manual_seed(config.seed)
@@ -276,7 +286,7 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
     _write_json(run_dir / "config.json", settings)
     tracker = Tracker(
         model, RecordWriter(records_path), run=run_name, schedule=track_schedule(config),
-        spectrum_probe=task.probe(model, config.spectrum_inputs, config.spectrum_tokens) if config.spectrum_every else None,
+        spectrum_probe=probe,
         spectrum_schedule=Every(config.spectrum_every), spectra_path=spectra_path,
     )
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
@@ -301,6 +311,11 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
     started = time.perf_counter()
     try:
         for step in tqdm(range(start, config.steps), desc=run_name, disable=not progress, initial=start, total=config.steps):
+            if config.spectrum_every and step % config.spectrum_every == 0:
+                cause = divergence()  # no spectrum of non-finite weights
+                if cause:
+                    status = "diverged"
+                    break
             tracker.start_step(step)
             loss = task.loss(model, task.train_batch(generator, device))
             optimizer.zero_grad(set_to_none=True)
@@ -335,16 +350,18 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
             status = "completed"
             if config.spectrum_every:
                 tracker.record_spectrum(config.steps)  # the trained model, after the last step
-    except KeyboardInterrupt:
-        status, cause = "interrupted", "interrupted (SIGINT or Ctrl-C); resume from the last checkpoint"
-        raise
     except Exception as error:
         status, cause = "failed", f"{type(error).__name__}: {error}"
+        raise
+    except BaseException as error:  # KeyboardInterrupt (SIGINT), and the CLI's SIGTERM exception
+        signal_name = "SIGINT or Ctrl-C" if isinstance(error, KeyboardInterrupt) else type(error).__name__
+        status, cause = "interrupted", f"interrupted ({signal_name}); resume from the last checkpoint"
         raise
     finally:
         tracker.close()
         seconds = round(time.perf_counter() - started, 2)
         _write_json(run_dir / STATUS_FILE, {"status": status, "step": step, "cause": cause, "seconds": seconds})
         if status == "diverged":
-            log.warning("%s diverged: %s; records and the last finite checkpoint are kept in %s", run_name, cause, run_dir)
+            kept = "the last finite checkpoint" if checkpoint_path.exists() else "no checkpoint (none was due before)"
+            log.warning("%s diverged: %s; records and %s are kept in %s", run_name, cause, kept, run_dir)
     return TrainResult(status, step, cause, run_dir)

@@ -11,6 +11,8 @@ training: embeddings in, hidden states out, as in the ReZero paper's analysis.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,6 +25,25 @@ from .metrics import LN2
 
 if TYPE_CHECKING:
     from .loop import TrainConfig
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode (no dropout) and restore every submodule's flag on exit."""
+    saved = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in saved:
+            module.training = training
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a host tensor to ``device``; to CUDA through pinned memory without blocking the host."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def sample_windows(tokens: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
@@ -55,7 +76,7 @@ class LanguageModelTask:
         )
 
     def train_batch(self, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        return sample_windows(self.corpus.train, self.config.batch_size, self.config.seq_len, generator).to(device)
+        return to_device(sample_windows(self.corpus.train, self.config.batch_size, self.config.seq_len, generator), device)
 
     def loss(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         """Next-token cross-entropy in nats, a 0-dim tensor."""
@@ -64,12 +85,14 @@ class LanguageModelTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> float:
-        """Mean validation bits per character over ``eval_batches`` fixed windows."""
+        """Mean validation bits per character over ``eval_batches`` fixed windows, in eval mode."""
         c = self.config
         generator = torch.Generator().manual_seed(c.seed + 1)
         total = torch.zeros((), device=device)
-        for _ in range(c.eval_batches):
-            total += self.loss(model, sample_windows(self.corpus.validation, c.batch_size, c.seq_len, generator).to(device))
+        with evaluation_mode(model):
+            for _ in range(c.eval_batches):
+                batch = sample_windows(self.corpus.validation, c.batch_size, c.seq_len, generator)
+                total += self.loss(model, to_device(batch, device))
         return (total / c.eval_batches / LN2).item()
 
     def probe(self, model: CharTransformerLM, num_inputs: int, tokens: int) -> tuple[nn.Module, torch.Tensor]:
@@ -102,7 +125,7 @@ class ClassificationTask:
     def train_batch(self, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         features, labels = self.dataset.train
         index = torch.randint(0, len(labels), (self.config.batch_size,), generator=generator)
-        return features[index].to(device), labels[index].to(device)
+        return to_device(features[index], device), to_device(labels[index], device)
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         features, labels = batch
@@ -113,9 +136,10 @@ class ClassificationTask:
         """Accuracy on the whole validation split, in [0, 1]."""
         features, labels = self.dataset.validation
         correct = torch.zeros((), device=device)
-        for start in range(0, len(labels), 1024):
-            logits = model(features[start : start + 1024].to(device))
-            correct += (logits.argmax(dim=-1) == labels[start : start + 1024].to(device)).sum()
+        with evaluation_mode(model):
+            for start in range(0, len(labels), 1024):
+                logits = model(to_device(features[start : start + 1024], device))
+                correct += (logits.argmax(dim=-1) == to_device(labels[start : start + 1024], device)).sum()
         return (correct / len(labels)).item()
 
     def probe(self, model: DeepMLP, num_inputs: int, tokens: int) -> tuple[nn.Module, torch.Tensor]:
