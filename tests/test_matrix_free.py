@@ -33,6 +33,7 @@ def test_operator_products_match_matrix(tanh_case):
     torch.testing.assert_close(operator.matvec(vectors), matrix @ vectors)
     torch.testing.assert_close(operator.rmatvec(vectors), matrix.T @ vectors)
     torch.testing.assert_close(operator.matvec(vectors[:, 0]), matrix @ vectors[:, 0])
+    torch.testing.assert_close(operator.jvp_matvec(vectors), matrix @ vectors)
     scipy_view = operator.to_scipy()
     np.testing.assert_allclose(scipy_view.matvec(vectors[:, 1].numpy()), (matrix @ vectors[:, 1]).numpy(), rtol=1e-12)
 
