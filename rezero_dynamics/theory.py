@@ -2,7 +2,7 @@
 
 Notation: J is the Jacobian of a network of L layers of width N, lambda = s^2 the
 squared singular values, and m_k = lim_{N -> inf} E tr((J J^T)^k) / N their moments.
-Weights are real Gaussian with variance sigma^2 / N unless said otherwise. Every
+Weights are real Gaussian with variance sigma^2 / N unless stated otherwise. Every
 formula holds in the large-width limit (N -> inf at fixed L) unless marked exact.
 
 Sources:
@@ -55,7 +55,7 @@ def fuss_catalan_moment(k: int, depth: int, sigma2: float = 1.0) -> float:
     """m_k of J = W_L ... W_1 with Gaussian W_l of variance sigma2 / N (large N).
 
     m_k = sigma2^(k L) binom((L + 1) k, k) / (L k + 1); m_1 = sigma2^L, m_2 = (L + 1) at
-    sigma2 = 1 (Penson and Zyczkowski 2011). E[m̂_1] = sigma2^L also holds exactly at finite N.
+    sigma2 = 1 (Penson and Zyczkowski 2011). E[m̂_1] = sigma2^L is also exact at finite N.
     """
     if k < 0 or depth < 0:
         raise ValueError(f"k and depth must be >= 0, got {k} and {depth}")

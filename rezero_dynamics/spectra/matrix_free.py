@@ -1,9 +1,10 @@
 """Matrix-free Jacobian spectra: extreme singular values, spectral density and moments.
 
 ``JacobianOperator`` applies the input-output Jacobian J of a module at one input
-without forming it: ``rmatvec`` is a VJP (reverse mode), ``matvec`` the VJP of that
-linear VJP (which equals a JVP and was faster on CPU; ``jvp_matvec`` is the forward-mode
-JVP), both batched over several vectors with ``vmap``. On top of it:
+without forming it. ``rmatvec`` is a VJP (reverse mode). ``matvec`` is the VJP of that
+linear VJP, which equals a JVP and was faster on CPU; ``jvp_matvec`` keeps the
+forward-mode JVP. All products are batched over several vectors with ``vmap``. On top
+of it:
 
 * ``extreme_singular_values``: the k largest or smallest singular values, by SciPy's
   ARPACK (``scipy.sparse.linalg.svds``) or by torch Golub-Kahan-Lanczos
@@ -44,8 +45,8 @@ class JacobianOperator:
 
     ``x`` is passed to ``fn`` as it is (include the batch dimension a module needs). The
     operator works on a snapshot of the module's parameters taken at construction, in
-    ``dtype``; each product puts the module in ``module_mode`` and restores its flags
-    afterwards. Dropout in ``train`` mode uses the same mask (from ``seed``) for every
+    ``dtype``. The forward pass at construction runs in ``module_mode``, and the module's
+    flags are restored afterwards. Dropout in ``train`` mode uses the same mask (from ``seed``) for every
     product, so J is one fixed matrix.
 
     Vectors are flat: ``matvec`` takes (n,) or (n, k) and returns (m,) or (m, k);
