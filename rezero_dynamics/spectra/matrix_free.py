@@ -236,73 +236,98 @@ def _fresh_direction(size: int, basis: torch.Tensor, generator: torch.Generator)
     return vector / vector.norm()
 
 
-def golub_kahan(
-    operator: JacobianOperator, *, steps: int, generator: torch.Generator
-) -> tuple[torch.Tensor, float]:
-    """Run Golub-Kahan-Lanczos bidiagonalisation of J and return (B, beta).
+class GolubKahan:
+    """Golub-Kahan-Lanczos bidiagonalisation of J, extensible step by step.
 
-    J V = U B with V (n, j) and U (m, j) orthonormal (full reorthogonalisation) and B
-    (j, j) upper bidiagonal. The singular values of B approximate those of J without
-    squaring them, so small singular values keep an absolute accuracy of about
-    eps * max(s). A zero alpha or beta (an invariant subspace, e.g. for the identity or
-    the zero map) is followed by a fresh random direction orthogonal to the basis.
-    ``beta`` is the last off-diagonal term, used for residuals.
+    After j steps, J V = U B with V (n, j) and U (m, j) orthonormal (full
+    reorthogonalisation) and B (j, j) upper bidiagonal. The singular values of B
+    approximate those of J without squaring them, so small singular values keep an
+    absolute accuracy of about eps * max(s). A zero alpha or beta (an invariant
+    subspace, e.g. for the identity or the zero map) is followed by a fresh random
+    direction orthogonal to the basis. ``beta`` is the off-diagonal term after the last
+    step, used for residuals.
     """
-    m, n = operator.shape
-    steps = min(steps, m, n)
-    dtype, device = operator.dtype, operator.device
-    right = torch.zeros(n, steps, dtype=dtype, device=device)
-    left = torch.zeros(m, steps, dtype=dtype, device=device)
-    diagonal = torch.zeros(steps, dtype=dtype, device=device)
-    upper = torch.zeros(max(steps - 1, 0), dtype=dtype, device=device)
-    v = torch.randn(n, generator=generator, dtype=dtype).to(device)
-    v = v / v.norm()
-    beta = 0.0
-    scale = 1e-300
-    for j in range(steps):
-        right[:, j] = v
-        u = operator.matvec(v) - (beta * left[:, j - 1] if j > 0 else 0.0)
-        u = _orthogonalize(u, left[:, :j])
-        alpha = float(u.norm())
-        scale = max(scale, alpha)
-        if alpha <= 1e-13 * scale:
-            alpha, u = 0.0, _fresh_direction(m, left[:, :j], generator)
-        else:
-            u = u / alpha
-        left[:, j] = u
-        diagonal[j] = alpha
-        w = operator.rmatvec(u) - alpha * v
-        w = _orthogonalize(w, right[:, : j + 1])
-        beta = float(w.norm())
-        scale = max(scale, beta)
-        if j + 1 == steps:
-            break
-        if beta <= 1e-13 * scale:
-            beta, v = 0.0, _fresh_direction(n, right[:, : j + 1], generator)
-        else:
-            v = w / beta
-        upper[j] = beta
-    bidiagonal = torch.diag(diagonal) + torch.diag(upper, 1)
-    return bidiagonal, beta
+
+    def __init__(self, operator: JacobianOperator, generator: torch.Generator) -> None:
+        self.operator = operator
+        self.generator = generator
+        m, n = operator.shape
+        dtype, device = operator.dtype, operator.device
+        self.right = torch.zeros(n, 0, dtype=dtype, device=device)
+        self.left = torch.zeros(m, 0, dtype=dtype, device=device)
+        self.diagonal: list[float] = []
+        self.upper: list[float] = []
+        v = torch.randn(n, generator=generator, dtype=dtype).to(device)
+        self.v = v / v.norm()
+        self.beta = 0.0
+        self.scale = 1e-300
+
+    @property
+    def steps(self) -> int:
+        return len(self.diagonal)
+
+    def extend(self, steps: int) -> None:
+        """Run bidiagonalisation steps until there are ``steps`` (at most min(m, n))."""
+        m, n = self.operator.shape
+        steps = min(steps, m, n)
+        # Grow the bases once to the new size instead of one column at a time.
+        grow = steps - self.right.shape[1]
+        if grow > 0:
+            self.right = torch.cat([self.right, self.right.new_zeros(n, grow)], dim=1)
+            self.left = torch.cat([self.left, self.left.new_zeros(m, grow)], dim=1)
+        for j in range(self.steps, steps):
+            self.right[:, j] = self.v
+            u = self.operator.matvec(self.v) - (self.beta * self.left[:, j - 1] if j > 0 else 0.0)
+            u = _orthogonalize(u, self.left[:, :j])
+            alpha = float(u.norm())
+            self.scale = max(self.scale, alpha)
+            if alpha <= 1e-13 * self.scale:
+                alpha, u = 0.0, _fresh_direction(m, self.left[:, :j], self.generator)
+            else:
+                u = u / alpha
+            self.left[:, j] = u
+            self.diagonal.append(alpha)
+            w = self.operator.rmatvec(u) - alpha * self.v
+            w = _orthogonalize(w, self.right[:, : j + 1])
+            beta = float(w.norm())
+            self.scale = max(self.scale, beta)
+            if j + 1 >= n:
+                self.beta = beta
+                break
+            if beta <= 1e-13 * self.scale:
+                beta, self.v = 0.0, _fresh_direction(n, self.right[:, : j + 1], self.generator)
+            else:
+                self.v = w / beta
+            self.beta = beta
+            self.upper.append(beta)
+
+    def bidiagonal(self) -> torch.Tensor:
+        """Return B, (j, j) upper bidiagonal, after j = ``steps`` steps."""
+        j = self.steps
+        dtype, device = self.operator.dtype, self.operator.device
+        diagonal = torch.tensor(self.diagonal, dtype=dtype, device=device)
+        upper = torch.tensor(self.upper[: j - 1], dtype=dtype, device=device)
+        return torch.diag(diagonal) + torch.diag(upper, 1)
 
 
 def _lanczos_extreme(operator, k, which, tol, max_steps, generator):
     size = min(operator.shape)
-    steps = min(size, max(2 * k + 10, 20))
+    limit = min(size, max_steps)
+    steps = min(limit, max(2 * k + 10, 20))
+    factorization = GolubKahan(operator, generator)
     while True:
-        state = generator.get_state()
-        bidiagonal, beta = golub_kahan(operator, steps=steps, generator=generator)
-        left, values, _ = torch.linalg.svd(bidiagonal)  # descending
+        factorization.extend(steps)
+        steps = factorization.steps
+        left, values, _ = torch.linalg.svd(factorization.bidiagonal())  # descending
         order = torch.arange(k) if which == "largest" else torch.arange(len(values) - 1, len(values) - 1 - k, -1)
         # J^T (U p) = s (V q) + beta v_next (e_last . p): the residual is |beta * p_last|.
-        residual = (beta * left[-1, order]).abs() / max(float(values[0]), 1e-300)
+        residual = (factorization.beta * left[-1, order]).abs() / max(float(values[0]), 1e-300)
         if steps >= size:
             residual = torch.zeros_like(residual)
         converged = bool((residual <= tol).all())
-        if converged or steps >= min(size, max_steps):
+        if converged or steps >= limit:
             return values[order], residual, steps, converged
-        generator.set_state(state)  # restart from the same vector with a larger space
-        steps = min(size, max_steps, 2 * steps)
+        steps = min(limit, int(steps * 1.5) + 1)  # continue the same factorization
 
 
 def _arpack_extreme(operator, k, which, tol, max_steps, generator):
@@ -344,8 +369,9 @@ def extreme_singular_values(
     """Compute the ``k`` largest or smallest singular values of J without forming it.
 
     ``lanczos`` (default) bidiagonalises J by Golub-Kahan-Lanczos on the operator's
-    device, doubling the Krylov space until every residual is below ``tol`` (relative to
-    the largest singular value) or ``max_steps`` (default min(m, n)) is reached. Its
+    device, growing the Krylov space by half until every residual is below ``tol``
+    (relative to the largest singular value) or ``max_steps`` (default min(m, n)) is
+    reached. Its
     absolute accuracy is about eps * max(s), also for the smallest values.
 
     ``arpack`` calls SciPy's ``svds`` through the CPU, which works on J^T J: values below
