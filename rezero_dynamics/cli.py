@@ -455,7 +455,7 @@ def run_compare(args: argparse.Namespace) -> int:
     output_dir = _new_folder(args.output_dir or _default_dir("compare"))
     runs = compare(base, output_dir, variants=args.variants, depths=args.depths, seeds=args.seeds,
                    target=args.target, progress=not args.no_progress)
-    print(runs[["run", "status", "step", "final_loss", "final_metric", "steps_to_target"]].to_string(index=False))
+    print(runs[["run", "status", "step", "final_loss_bits", "final_metric", "steps_to_target"]].to_string(index=False))
     print(f"wrote {output_dir / 'runs.csv'}")
     return 0
 

@@ -198,3 +198,9 @@ def test_spectrum_auto_picks_slq_over_budget(tmp_path, capsys):
     )
     assert status == 0, err
     assert "method: slq (picked by auto)" in out
+
+
+def test_spectrum_lanczos_k_too_large(tmp_path, capsys):
+    status, _, err = run([*SMALL, "--method", "lanczos", "--k", "2000", "--output-dir", str(tmp_path / "k")], capsys)
+    assert status == 2
+    assert "k=2000 exceeds the Jacobian's size 24 (3 x 8); use --k 24 or less" in err

@@ -97,7 +97,7 @@ def runs_frame(steps):
     return pd.DataFrame(
         {
             "run": [f"{v}-L32-s0" for v in steps], "variant": list(steps), "depth": 32, "seed": 0,
-            "status": "completed", "step": 199, "cause": None, "final_loss": 2.0, "final_metric": 3.0,
+            "status": "completed", "step": 199, "cause": None, "final_loss_bits": 2.0, "final_metric": 3.0,
             "steps_to_target": list(steps.values()), "metric": "val_bpc",
         }
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,17 +35,21 @@ def _final(records: pd.DataFrame, quantity: str) -> float:
 
 
 def summarise_run(run_dir: Path, target: float | None, lower_is_better: bool, metric: str) -> dict:
-    """Return the final loss and metric of a run folder and its steps to ``target``."""
+    """Return a run's last training loss (in bits), last validation metric and steps to ``target``."""
     try:
         records = read_records(run_dir)
     except FileNotFoundError:
-        return {"final_loss": float("nan"), "final_metric": float("nan"), "steps_to_target": float("nan")}
+        return {"final_loss_bits": float("nan"), "final_metric": float("nan"), "steps_to_target": float("nan")}
     evaluations = records[records["quantity"] == metric]
     reached = (
         steps_to_target(evaluations, target, lower_is_better=lower_is_better)
         if target is not None and len(evaluations) else float("nan")
     )
-    return {"final_loss": _final(records, "loss"), "final_metric": _final(records, metric), "steps_to_target": reached}
+    return {
+        "final_loss_bits": _final(records, "loss") / math.log(2),  # records hold nats
+        "final_metric": _final(records, metric),
+        "steps_to_target": reached,
+    }
 
 
 def compare(

@@ -177,8 +177,10 @@ def write_figures(records: pd.DataFrame, spectra: pd.DataFrame, runs: pd.DataFra
     return written
 
 
-def _format(value: float, digits: int = 3) -> str:
-    return "not reached" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}g}"
+def _format(value: float, *, integer: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "not reached"
+    return f"{int(value)}" if integer else f"{value:.2f}"
 
 
 def speedup_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -252,8 +254,8 @@ def render_report(scale: str, settings: Scale, base: TrainConfig, runs: pd.DataF
         speedup = row["speedup_vs_best_baseline"]
         speedup_text = "" if math.isnan(speedup) else f"{speedup:+.0%}"
         lines.append(
-            f"| {row['run']} | {row['status']} | {_format(row['final_loss'] / math.log(2))} | "
-            f"{_format(row['final_metric'])} | {_format(row['steps_to_target'])} | {speedup_text} |"
+            f"| {row['run']} | {row['status']} | {_format(row['final_loss_bits'])} | "
+            f"{_format(row['final_metric'])} | {_format(row['steps_to_target'], integer=True)} | {speedup_text} |"
         )
     lines += ["", "## Where the paper's effect appears", "", *verdict(runs, settings.target), ""]
     lines += [
@@ -261,8 +263,8 @@ def render_report(scale: str, settings: Scale, base: TrainConfig, runs: pd.DataF
         "",
         f"- {len(settings.seeds)} seed(s) per variant: seed-to-seed spread is not measured here.",
         f"- Validation is evaluated every {base.eval_every} steps on {base.eval_batches} fixed batches, so "
-        f"steps-to-target is resolved to {base.eval_every} steps; the evaluation labelled step k follows "
-        f"k + 1 updates.",
+        f"steps-to-target is resolved to {base.eval_every} steps. Every quantity labelled step k describes "
+        f"the model after k updates.",
         "- The final training loss is that of the last minibatch.",
         "",
     ]

@@ -100,6 +100,12 @@ class SpectrumConfig:
             raise ValueError(
                 f"width={self.width} is not divisible by heads={self.heads}; pick heads that divide the width"
             )
+        size = math.prod(self.input_shape)
+        if self.method == "lanczos" and self.k > size:
+            raise ValueError(
+                f"k={self.k} exceeds the Jacobian's size {size} ({' x '.join(map(str, self.input_shape))}); "
+                f"use --k {size} or less, or --method exact for every singular value"
+            )
         if not math.isfinite(self.alpha_init) or not math.isfinite(self.sigma_w):
             raise ValueError(f"alpha_init and sigma_w must be finite, got {self.alpha_init} and {self.sigma_w}")
         if self.memory_budget <= 0:

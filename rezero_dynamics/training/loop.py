@@ -305,17 +305,23 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
         )
 
     def divergence() -> str | None:
-        bad = int(first_bad_step.item())  # a host sync, only at evaluations, checkpoints and the end
+        bad = int(first_bad_step.item())  # a host sync, only at evaluations, spectra and checkpoints
         return None if bad < 0 else f"non-finite loss or gradient norm at step {bad}"
 
     started = time.perf_counter()
     try:
+        # Every quantity labelled step k describes the model after k updates: loss, gradients
+        # and alphas of step k, its spectrum and its validation metric (evaluated before the
+        # update of step k). The final state is labelled ``steps``.
         for step in tqdm(range(start, config.steps), desc=run_name, disable=not progress, initial=start, total=config.steps):
-            if config.spectrum_every and step % config.spectrum_every == 0:
-                cause = divergence()  # no spectrum of non-finite weights
+            evaluate = config.eval_every and step % config.eval_every == 0
+            if evaluate or (config.spectrum_every and step % config.spectrum_every == 0):
+                cause = divergence()  # no evaluation or spectrum of non-finite weights
                 if cause:
                     status = "diverged"
                     break
+            if evaluate:
+                tracker.record_scalar(step, task.metric, task.evaluate(model, device))
             tracker.start_step(step)
             loss = task.loss(model, task.train_batch(generator, device))
             optimizer.zero_grad(set_to_none=True)
@@ -333,23 +339,20 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
             tracker.end_step(step)
 
             last = step == config.steps - 1
-            evaluate = (config.eval_every and step % config.eval_every == 0) or last
             checkpoint = (config.checkpoint_every and step % config.checkpoint_every == 0 and step > 0) or last
-            if evaluate or checkpoint:
+            if checkpoint:
                 cause = divergence()
                 if cause:
                     status = "diverged"
                     break
-            if evaluate:
-                tracker.record_scalar(step, task.metric, task.evaluate(model, device))
-                tracker.flush()
-            if checkpoint:
                 tracker.flush()
                 save(step)
         else:
             status = "completed"
+            tracker.record_scalar(config.steps, task.metric, task.evaluate(model, device))
             if config.spectrum_every:
-                tracker.record_spectrum(config.steps)  # the trained model, after the last step
+                tracker.record_spectrum(config.steps)  # the trained model, after the last update
+            tracker.flush()
     except Exception as error:
         status, cause = "failed", f"{type(error).__name__}: {error}"
         raise
