@@ -19,25 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
-import time
 
 import torch
 
+from timing import best_time
+
 from rezero_dynamics.models import DeepMLP
 from rezero_dynamics.spectra import jacobian_matrix
-from rezero_dynamics.spectra.matrix_free import JacobianOperator, extreme_singular_values
-
-
-def best_of(function, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def part_one() -> None:
@@ -46,11 +36,11 @@ def part_one() -> None:
     model = DeepMLP(width, depth, activation="tanh", variant="residual", sigma_w=1.0)
     x = torch.randn(1, width)
     a, b = torch.randn(width, width), torch.randn(width, width)
-    matmul_rate = 2 * width**3 / best_of(lambda: a @ b, 20)
+    matmul_rate = 2 * width**3 / best_time(lambda: a @ b, 20)
     flops = 2 * depth * width**3
 
-    ours = best_of(lambda: jacobian_matrix(model, x, mode="reverse"))
-    jacrev = best_of(lambda: torch.func.jacrev(model)(x))
+    ours = best_time(lambda: jacobian_matrix(model, x, mode="reverse"))
+    jacrev = best_time(lambda: torch.func.jacrev(model)(x))
 
     rows = 64
     def loop() -> None:
@@ -58,7 +48,7 @@ def part_one() -> None:
         out = model(inputs).reshape(-1)
         for i in range(rows):
             torch.autograd.grad(out[i], inputs, retain_graph=True)
-    loop_time = best_of(loop, 1) * width / rows
+    loop_time = best_time(loop, 1) * width / rows
 
     print(f"Part 1: tanh MLP, N = {width}, L = {depth}, float32; plain matmul {matmul_rate / 1e9:.0f} GFLOP/s")
     for name, seconds in (("jacobian_matrix", ours), ("torch.func.jacrev", jacrev), ("autograd row loop", loop_time)):
@@ -71,7 +61,6 @@ CHILD = r"""
 import json, resource, sys, time, torch
 from rezero_dynamics.models import DeepMLP
 from rezero_dynamics.spectra import jacobian_matrix
-from rezero_dynamics.spectra.matrix_free import JacobianOperator, extreme_singular_values
 width, how = int(sys.argv[1]), sys.argv[2]
 torch.manual_seed(0)
 model = DeepMLP(width, 4, activation="tanh", variant="residual", sigma_w=1.0).double()

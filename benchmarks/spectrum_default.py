@@ -17,18 +17,11 @@ import time
 
 import torch
 
+from timing import best_time
+
 from rezero_dynamics.models import TransformerEncoder
 from rezero_dynamics.spectra import jacobian_matrix
 from rezero_dynamics.studies import SpectrumConfig, spectrum_study, summarise_by_group
-
-
-def best_time(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main() -> None:

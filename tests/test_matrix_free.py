@@ -1,6 +1,5 @@
 """Matrix-free spectra against the materialised Jacobian and known spectra."""
 
-import math
 
 import numpy as np
 import pytest

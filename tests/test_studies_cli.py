@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_cli as run
 from rezero_dynamics.studies import compare
-from rezero_dynamics.studies.reproduce import render_report, speedup_table, verdict
+from rezero_dynamics.studies.reproduce import speedup_table, verdict
 from rezero_dynamics.training import TrainConfig
 
 TINY = ["--depth", "2", "--d-model", "16", "--heads", "2", "--seq-len", "16", "--batch-size", "4",

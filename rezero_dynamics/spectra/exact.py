@@ -146,7 +146,7 @@ def pure_call(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return a function of the input that evaluates ``fn`` on a snapshot of its state.
 
-    For a module the snapshot holds detached parameters and cloned buffers cast to
+    For a module the snapshot contains detached parameters and cloned buffers cast to
     ``dtype``, so the caller's module keeps its tensors and dtype and gets no gradients.
     The module's training flags are read at each call (see ``module_mode_context``).
     A plain function is returned as it is; it must accept inputs of ``dtype``.
@@ -209,7 +209,7 @@ def _saved_bytes_per_direction(call: Callable, x: torch.Tensor) -> int:
 
 @contextlib.contextmanager
 def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Fork the global RNG and seed it, so every pass sees the same dropout masks and the
+    """Fork the global RNG and seed it, so every pass draws the same dropout masks and the
     caller's RNG state is left untouched."""
     devices = []
     if device.type == "cuda":
