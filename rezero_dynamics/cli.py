@@ -40,6 +40,7 @@ from .studies import (
     config_as_dict,
     spectrum_study,
     summarise_by_group,
+    theory_overlays,
 )
 from .models import ACTIVATIONS, WEIGHT_INITS
 from .spectra import JACOBIAN_MODES
@@ -193,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument(
         "--output-dir", type=Path, default=None,
         help="folder for the results; default runs/spectrum-YYYYmmdd-HHMMSS",
+    )
+    spectrum.add_argument(
+        "--theory", action="store_true",
+        help="draw the random-matrix prediction on the histograms (needs --model mlp --activation linear "
+             "--init gaussian --variants none)",
     )
     spectrum.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     spectrum.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -362,6 +368,7 @@ def run_spectrum(args: argparse.Namespace) -> int:
     )
     try:
         config.validate()
+        overlays = theory_overlays(config) if args.theory else None
     except ValueError as error:
         raise CommandError(str(error)) from None
 
@@ -374,7 +381,7 @@ def run_spectrum(args: argparse.Namespace) -> int:
         if method == "slq":
             figure = plot_log10_density(values)
         else:
-            figure = plot_log10_singular_value_histograms(values)
+            figure = plot_log10_singular_value_histograms(values, theory=overlays)
         extreme = " (largest and smallest only)" if method == "lanczos" else ""
         figure.suptitle(f"{config.model} input-output Jacobian at init, {config.inputs} inputs, {method}{extreme}")
         figure.savefig(staging / "log10_singular_values.png", dpi=120)

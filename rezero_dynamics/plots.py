@@ -22,6 +22,7 @@ def plot_log10_singular_value_histograms(
     variant: str = "variant",
     ax: Axes | Sequence[Axes] | None = None,
     bins: int = 60,
+    theory: dict[object, pd.DataFrame] | None = None,
 ) -> Figure:
     """Plot histograms of log10 singular values: one panel per depth, variants overlaid.
 
@@ -35,6 +36,10 @@ def plot_log10_singular_value_histograms(
     ascending depth order. By default a new figure is made. Panels are titled with the
     column name and value ("depth 12"), so other groupings work too, such as
     ``depth="step"`` for spectra recorded during training.
+
+    ``theory`` maps a depth value to a predicted density of log10 singular values
+    (columns ``log10_singular_value`` and ``density``, e.g. ``theory.fuss_catalan_overlay``);
+    it is drawn dashed on that panel, scaled by the bin width to match the bars.
     """
     missing = [c for c in (*_SPECTRUM_COLUMNS, depth, variant) if c not in frame.columns]
     if missing:
@@ -73,6 +78,10 @@ def plot_log10_singular_value_histograms(
                 histtype="stepfilled", alpha=0.35, color=colours[name], edgecolor=colours[name],
                 linewidth=1.2, label=label,
             )
+        if theory is not None and depth_value in theory:
+            curve = theory[depth_value]
+            panel.plot(curve["log10_singular_value"], curve["density"] * (edges[1] - edges[0]),
+                       color="black", linestyle="--", linewidth=1.2, label="theory")
         panel.set_title(f"{depth} {depth_value}")
         panel.set_xlabel("log10 singular value")
         panel.legend(fontsize="small")

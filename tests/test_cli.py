@@ -204,3 +204,18 @@ def test_spectrum_lanczos_k_too_large(tmp_path, capsys):
     status, _, err = run([*SMALL, "--method", "lanczos", "--k", "2000", "--output-dir", str(tmp_path / "k")], capsys)
     assert status == 2
     assert "k=2000 exceeds the Jacobian's size 24 (3 x 8); use --k 24 or less" in err
+
+
+def test_spectrum_theory_overlay(tmp_path, capsys):
+    output = tmp_path / "theory"
+    status, _, err = run(
+        ["spectrum", "--model", "mlp", "--activation", "linear", "--variants", "none", "--depths", "1,4",
+         "--width", "64", "--num-inputs", "2", "--inputs", "gaussian", "--theory", "--no-progress",
+         "--output-dir", str(output)],
+        capsys,
+    )
+    assert status == 0, err
+    assert (output / "log10_singular_values.png").exists()
+    status, _, err = run([*SMALL, "--theory", "--output-dir", str(tmp_path / "no")], capsys)
+    assert status == 2
+    assert "no theory curve covers this setting" in err

@@ -60,3 +60,13 @@ def test_histograms_leave_global_style_alone():
     plt.close(figure)
     assert matplotlib.get_backend() == backend
     assert dict(matplotlib.rcParams) == before
+
+
+def test_histograms_draw_theory_curve():
+    from rezero_dynamics.theory import fuss_catalan_overlay
+
+    figure = plot_log10_singular_value_histograms(spectrum_frame(), theory={3: fuss_catalan_overlay(3)})
+    labels = [text.get_text() for text in figure.axes[1].get_legend().get_texts()]
+    assert "theory" in labels
+    assert "theory" not in [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    plt.close(figure)

@@ -19,6 +19,7 @@ from .spectrum import (
     spectrum_study,
     study_inputs,
     summarise_by_group,
+    theory_overlays,
 )
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "spectrum_study",
     "study_inputs",
     "summarise_by_group",
+    "theory_overlays",
 ]

@@ -251,6 +251,24 @@ def _matrix_free_job(stack, inputs, config: SpectrumConfig, method: str, dtype) 
     return frame, pd.DataFrame(summaries)
 
 
+def theory_overlays(config: SpectrumConfig) -> dict[int, pd.DataFrame]:
+    """Return the predicted density of log10 singular values per depth, where theory covers
+    the study's setting: a linear MLP without skips and with Gaussian weights (Fuss-Catalan
+    law of products of Gaussian matrices, large width). Raises ValueError otherwise."""
+    from ..theory import fuss_catalan_overlay
+
+    covered = (
+        config.model == "mlp" and config.activation == "linear" and config.init == "gaussian"
+        and tuple(config.variants) == ("none",)
+    )
+    if not covered:
+        raise ValueError(
+            "no theory curve covers this setting; theory overlays need --model mlp --activation linear "
+            "--init gaussian --variants none (products of Gaussian matrices)"
+        )
+    return {depth: fuss_catalan_overlay(depth, sigma2=config.sigma_w**2) for depth in config.depths}
+
+
 def summarise_by_group(summary: pd.DataFrame, values: pd.DataFrame, tiny: float = 1e-3) -> pd.DataFrame:
     """Aggregate a study per (variant, depth): mean chi, extreme singular values, tiny fraction.
 
