@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -433,11 +434,8 @@ def run_train(args: argparse.Namespace) -> int:
     from .training import train as train_run
 
     config = _train_config(args)
-    if args.tensorboard:
-        try:
-            import tensorboard  # noqa: F401  (checked before training, not after)
-        except ImportError:
-            raise CommandError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:  # checked before training, not after
+        raise CommandError("--tensorboard needs the tensorboard package: pip install tensorboard")
     if args.resume:
         if args.output_dir is None:
             raise CommandError("--resume needs --output-dir: the run folder to continue")
