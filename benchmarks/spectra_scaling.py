@@ -61,14 +61,14 @@ CHILD = r"""
 import json, resource, sys, time, torch
 from rezero_dynamics.models import DeepMLP
 from rezero_dynamics.spectra import jacobian_matrix
-width, how = int(sys.argv[1]), sys.argv[2]
+width, path = int(sys.argv[1]), sys.argv[2]
 torch.manual_seed(0)
 model = DeepMLP(width, 4, activation="tanh", variant="residual", sigma_w=1.0).double()
 x = torch.randn(1, width, dtype=torch.float64)
 model(x)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.perf_counter()
-if how == "dense":
+if path == "dense":
     values = torch.linalg.svdvals(jacobian_matrix(model, x, memory_budget=2**34))[:16].numpy()
 else:
     values = extreme_singular_values(JacobianOperator(model, x), 16, tol=1e-6).values
@@ -78,8 +78,8 @@ print(json.dumps({"seconds": seconds, "peak_kib": peak, "values": values.tolist(
 """
 
 
-def run_child(width: int, how: str) -> dict:
-    output = subprocess.run([sys.executable, "-c", CHILD, str(width), how], capture_output=True, text=True, check=True)
+def run_child(width: int, path: str) -> dict:
+    output = subprocess.run([sys.executable, "-c", CHILD, str(width), path], capture_output=True, text=True, check=True)
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 

@@ -181,8 +181,8 @@ def plot_grad_norm_profiles(
     table = table.where(np.isfinite(table))
     axis = _new_axes(ax)
     recorded = table.columns.to_numpy()
-    for wanted in steps:
-        nearest = recorded[np.abs(recorded - wanted).argmin()]
+    for requested in steps:
+        nearest = recorded[np.abs(recorded - requested).argmin()]
         axis.plot(table.index, table[nearest], marker="o", markersize=3, label=f"step {nearest}")
     axis.set_yscale("log")
     axis.set_xlabel("block")

@@ -3,7 +3,7 @@
 Notation: J is the Jacobian of a network of L layers of width N, lambda = s^2 the
 squared singular values, and m_k = lim_{N -> inf} E tr((J J^T)^k) / N their moments.
 Weights are real Gaussian with variance sigma^2 / N unless stated otherwise. Every
-formula holds in the large-width limit (N -> inf at fixed L) unless marked exact.
+formula is for the large-width limit (N -> inf at fixed L) unless marked exact.
 
 Sources:
 

@@ -72,7 +72,8 @@ def test_spectrum_unwritable_output(tmp_path, capsys):
     blocker.write_text("not a folder")
     status, _, err = run([*SMALL, "--output-dir", str(blocker / "out")], capsys)
     assert status == 2
-    assert "cannot be written" in err and "choose a writable path" in err
+    assert "cannot be written" in err
+    assert "choose a writable path" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
 
 

@@ -103,8 +103,10 @@ def test_digits_split():
     dataset = load_digits()
     sizes = [len(dataset.train[1]), len(dataset.validation[1]), len(dataset.test[1])]
     assert sum(sizes) == 1797
-    assert dataset.num_features == 64 and dataset.num_classes == 10
-    assert 0.0 <= dataset.train[0].min().item() and dataset.train[0].max().item() <= 1.0
+    assert dataset.num_features == 64
+    assert dataset.num_classes == 10
+    assert dataset.train[0].min().item() >= 0.0
+    assert dataset.train[0].max().item() <= 1.0
 
 
 def test_cifar10_random_bytes(tmp_path):

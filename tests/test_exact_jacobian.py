@@ -176,7 +176,7 @@ def test_float32_and_float64_agree():
     torch.testing.assert_close(single, double, rtol=1e-4, atol=1e-5)
 
 
-def test_post_norm_collapses_and_rezero_does_not_at_depth_64():
+def test_depth_64_post_norm_versus_rezero():
     x = torch.randn(2, 4, 16, dtype=torch.float64)
     torch.manual_seed(1)
     post = jacobian_spectrum(TransformerEncoder(16, 64, heads=2, variant="post_norm"), x)

@@ -7,7 +7,8 @@ from rezero_dynamics.data import CharVocabulary, default_corpus, text_windows
 def test_default_corpus_is_real_text():
     text = default_corpus()
     assert len(text) > 300_000
-    assert "for" in text and "while" in text
+    assert "for" in text
+    assert "while" in text
 
 
 def test_vocabulary_round_trip():

@@ -60,7 +60,8 @@ def test_training_lowers_loss_and_writes_run(tmp_path, corpus):
     validation = records.query("quantity == 'val_bpc'")
     assert validation["step"].tolist() == [0, 5, 10, 15, 20, 25, 30]
     status = json.loads((tmp_path / "run" / "status.json").read_text())
-    assert status["status"] == "completed" and status["step"] == 29
+    assert status["status"] == "completed"
+    assert status["step"] == 29
 
 
 def test_divergence_is_recorded(tmp_path, corpus):
@@ -194,7 +195,8 @@ def test_alpha_group_has_no_weight_decay():
     optimizer = build_optimizer(model, TrainConfig(optimizer="adamw", weight_decay=0.1, alpha_lr=0.5))
     groups = optimizer.param_groups
     assert len(groups[1]["params"]) == 3
-    assert groups[1]["weight_decay"] == 0.0 and groups[1]["lr"] == 0.5
+    assert groups[1]["weight_decay"] == 0.0
+    assert groups[1]["lr"] == 0.5
     assert groups[0]["weight_decay"] == 0.1
 
 
@@ -243,7 +245,8 @@ def test_log_spaced_tracking(tmp_path, corpus):
     train(config, tmp_path / "run", corpus=corpus)
     steps = sorted(read_records(tmp_path / "run").query("quantity == 'loss'")["step"].tolist())
     assert steps[:4] == [0, 1, 2, 3]
-    assert 10 in steps and len(steps) < 15
+    assert 10 in steps
+    assert len(steps) < 15
     with pytest.raises(ValueError, match="unknown track_schedule 'sqrt'"):
         TrainConfig(track_schedule="sqrt").validate()
 

@@ -1,9 +1,9 @@
 """Transformer encoder stacks and a character-level language model.
 
 Attention is written out with matmul and softmax rather than
-``torch.nn.functional.scaled_dot_product_attention`` or ``nn.TransformerEncoderLayer``:
-on CPU the fused kernel has no forward-mode rule and no batching rule for its backward,
-so ``torch.func.jacfwd`` and ``jacrev`` fail on it, and ``nn.TransformerEncoderLayer``
+``torch.nn.functional.scaled_dot_product_attention`` or ``nn.TransformerEncoderLayer``.
+On CPU the fused kernel has no forward-mode rule and no batching rule for its backward,
+so ``torch.func.jacfwd`` and ``jacrev`` fail on it. ``nn.TransformerEncoderLayer`` also
 switches to a fused fast path in eval mode. The explicit form works under ``jacrev``,
 ``jacfwd`` and ``vmap`` in train and eval mode.
 

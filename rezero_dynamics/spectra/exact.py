@@ -81,8 +81,8 @@ def _cast_state(module: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor
     """Map one name per (owning module, attribute) slot to a detached copy cast to ``dtype``.
 
     A module reached by several paths (a ReZero gate shared by two sublayers) must be
-    swapped once only: ``functional_call`` swaps every name it is given, and swapping
-    the same slot twice restored a plain tensor in place of the Parameter (PyTorch 2.13).
+    swapped once only. ``functional_call`` swaps every name it is given, and on PyTorch
+    2.13 swapping the same slot twice restored a plain tensor in place of the Parameter.
     Tensors shared by different modules (tied weights) get one copy under each name.
     """
     cast: dict[int, torch.Tensor] = {}
@@ -256,9 +256,12 @@ def _forward_jacobian(call, x, out_numel, chunk_size, seed, device, linearized=N
 
 
 def _meta_output_numel(fn: object, x: torch.Tensor, dtype: torch.dtype, memory_budget: float) -> int | None:
-    """Return the output size of module ``fn`` at ``x`` from a pass on the meta device, which
-    allocates no data; None for plain functions, when the module cannot run there, or
-    when a square Jacobian would fit the budget (the real pass then checks the size)."""
+    """Return the output size of module ``fn`` at ``x`` from a pass on the meta device.
+
+    The meta device allocates no data. Returns None for plain functions, for modules
+    that cannot run there, and when a square Jacobian would fit the budget, because the
+    real pass then checks the size.
+    """
     if not isinstance(fn, nn.Module) or _MATRIX_COPIES * x.numel() ** 2 * dtype.itemsize <= memory_budget:
         return None
     try:
@@ -368,8 +371,9 @@ def jacobian_matrix(
 
     Args:
         fn: a module or a function of one tensor that returns one tensor.
-        x: the point of evaluation, passed to ``fn`` as it is (include any batch dimension
-            the module needs; a batch of B samples gives a Jacobian that couples them).
+        x: the point of evaluation, passed to ``fn`` as it is. Include any batch
+            dimension the module needs. A batch of B samples gives one Jacobian that
+            couples them.
         mode: ``forward``, ``reverse`` or ``auto`` (forward when n < m, else reverse).
         dtype: floating type of the computation; default ``x.dtype``. A module's
             parameters are cast for the analysis only.
@@ -431,7 +435,7 @@ def jacobian_spectrum(
     """Compute the singular values of the per-sample input-output Jacobian of ``fn``.
 
     ``inputs`` has shape (B, *in_shape). Sample b is passed as ``inputs[b:b+1]``, a batch
-    of one, so modules that need a batch dimension work; its Jacobian is taken with
+    of one, so modules that need a batch dimension work. Its Jacobian is taken with
     respect to that sample alone. To analyse part of a model, pass that part, e.g.
     ``model.encoder`` with embeddings as inputs, or ``model.stack`` of an MLP.
 

@@ -15,11 +15,12 @@ of it:
   probes, with standard errors; cheap enough to record during training.
 
 Why not curvlinops: ``curvlinops-for-pytorch`` 3.0.1 provides Hutchinson, Hutch++ and
-XTrace trace estimators and Papyan's log-spectrum estimator for generic operators, but
-(1) it pulls in BackPACK, einconv and linear_operator for estimators of a few lines,
-(2) its log-spectrum estimator adds a shift of 1e-5 to the eigenvalues of J^T J, which
-erases every singular value below about 3e-3, exactly the collapse that post-norm
-networks show, and (3) its estimators take no seed and return no standard error.
+XTrace trace estimators and Papyan's log-spectrum estimator for generic operators. It
+was not adopted for three reasons. It pulls in BackPACK, einconv and linear_operator
+for estimators of a few lines. Its log-spectrum estimator adds a shift of 1e-5 to the
+eigenvalues of J^T J, which erases every singular value below about 3e-3, exactly the
+collapse that post-norm networks show. Its estimators take no seed and return no
+standard error.
 """
 
 from __future__ import annotations
@@ -449,9 +450,9 @@ def spectral_density(
     largest count as zeros.
 
     NOTE: a small cluster of exact zeros next to small nonzero singular values merges
-    into the lowest quadrature node and is not counted in ``zero_fraction`` (a depth-4
-    post-norm stack with 3% zeros gave 0); use ``extreme_singular_values(which=
-    "smallest")`` or the exact method to count zeros. The quadrature is accurate for
+    into the lowest quadrature node and is not counted in ``zero_fraction``. A depth-4
+    post-norm stack with 3% zeros gave 0. Count zeros with
+    ``extreme_singular_values(which="smallest")`` or the exact method. The quadrature is accurate for
     smooth functions of lambda = s^2, so the low
     tail of a spectrum that spans many decades is resolved coarsely: with 200 singular
     values spread over 3 decades, 60 steps put the cumulative distribution of log10 s

@@ -9,8 +9,8 @@ Scales:
 
 * ``ci``: the embedded corpus (``pydoc_data.topics``), 32 layers, d_model 64, 200 steps;
   a few minutes on a 2-core CPU.
-* ``small``: the embedded corpus, depths 12 and 64, 1,000 steps; about an hour on a 2-core
-  CPU (an estimate from the step times of the ``ci`` scale).
+* ``small``: the embedded corpus, depths 12 and 64, 1,000 steps. An estimate from the
+  step times of the ``ci`` scale puts it at about an hour on a 2-core CPU.
 * ``paper``: enwik8 from ``data_path``, 12 layers, d_model 512, 8 heads, d_ff 2048,
   sequence length 512: sized after the ReZero paper's enwik8 Transformers and meant for a
   GPU. NOTE: batch size, learning rate and step count here are not checked against the

@@ -173,7 +173,7 @@ def spectrum_study(config: SpectrumConfig, *, progress: bool = False) -> tuple[p
     * ``exact``: every singular value. Returns ``(singular_values, summary)``, tidy,
       with ``variant`` and ``depth`` columns.
     * ``lanczos``: the ``k`` largest and ``k`` smallest singular values per input,
-      matrix-free. Same frames; ``which`` says largest or smallest, ``converged`` and
+      matrix-free. Same frames; ``which`` is largest or smallest, ``converged`` and
       ``residual`` the quality of each value.
     * ``slq``: the density of log10 singular values by stochastic Lanczos quadrature.
       Returns ``(density, summary)``: density has log10_singular_value, density, spread

@@ -136,7 +136,7 @@ class Tracker:
     def start_step(self, step: int) -> None:
         """Decide whether ``step`` is recorded; if so, snapshot parameters for the update norm.
 
-        Records the Jacobian spectrum first when its schedule says so (a host-side step).
+        Records the Jacobian spectrum first when its schedule is due (a host-side step).
         """
         if self.spectrum_probe is not None and self.spectrum_schedule(step):
             self.record_spectrum(step)

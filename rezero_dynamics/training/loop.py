@@ -1,9 +1,13 @@
 """The training loop, for language models and classifiers.
 
-A run folder contains ``config.json``, ``records.csv`` (tidy rows appended as training
-goes), ``spectra.csv`` (Jacobian singular values at scheduled steps), ``checkpoint.pt``
-(every ``checkpoint_every`` steps and at the end) and ``status.json`` (running,
-completed, diverged, interrupted or failed, with the step and the cause).
+A run folder contains five files:
+
+* ``config.json``: the settings;
+* ``records.csv``: tidy rows, appended as training goes;
+* ``spectra.csv``: Jacobian singular values at scheduled steps;
+* ``checkpoint.pt``: written every ``checkpoint_every`` steps and at the end;
+* ``status.json``: running, completed, diverged, interrupted or failed, with the step
+  and the cause.
 
 Divergence is detected without a host synchronisation per step: a device tensor keeps
 the first step with a non-finite loss or gradient norm, and it is read at evaluations,
@@ -326,10 +330,10 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
             loss = task.loss(model, task.train_batch(generator, device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
             if config.clip_norm is not None:
                 grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             else:
+                grads = [p.grad for p in model.parameters() if p.grad is not None]
                 grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
             finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
             first_bad_step = torch.where(~finite & (first_bad_step < 0), step, first_bad_step)
@@ -365,6 +369,6 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
         seconds = round(time.perf_counter() - started, 2)
         _write_json(run_dir / STATUS_FILE, {"status": status, "step": step, "cause": cause, "seconds": seconds})
         if status == "diverged":
-            kept = "the last finite checkpoint" if checkpoint_path.exists() else "no checkpoint (none was due before)"
-            log.warning("%s diverged: %s; records and %s are kept in %s", run_name, cause, kept, run_dir)
+            checkpoint_note = "the last finite checkpoint" if checkpoint_path.exists() else "no checkpoint (none was due before)"
+            log.warning("%s diverged: %s; records and %s are kept in %s", run_name, cause, checkpoint_note, run_dir)
     return TrainResult(status, step, cause, run_dir)
