@@ -1,0 +1,221 @@
+"""Shared parts of the paper-figure scripts: arguments, output paths and the claims table.
+
+Every script in this folder is run as ``python paper_figures/<name>.py --scale
+smoke|ci|paper [--out DIR] [--data-path P] [--device D]`` and writes ``<name>.png``,
+``<name>.csv`` (the plotted numbers, tidy) and ``<name>.md`` (a table of claims) into
+DIR, by default ``paper_figures/<name>/``.
+
+Scales:
+
+* ``smoke``: a size check for the test suite, seconds on a CPU. Its numbers mean nothing.
+* ``ci``: the embedded data (``pydoc_data.topics`` text, scikit-learn digits), a few
+  minutes per script on a 2-core CPU.
+* ``paper``: enwik8 or CIFAR-10 from ``--data-path`` at the paper's sizes, meant for a GPU.
+
+The claims table keeps one column per scale (``ours (ci)``, ``ours (paper)``). Writing
+a table at one scale keeps the other scale's values of the same claims from the file
+already in DIR, so a GPU run at ``paper`` scale fills its column next to the ``ci`` one.
+Smoke values go into the ``ours (ci)`` column, with a line above the table saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+FIGURES_DIR = Path(__file__).resolve().parent
+SCALE_NAMES: tuple[str, ...] = ("smoke", "ci", "paper")
+CLAIM_COLUMNS: tuple[str, ...] = ("claim", "paper value", "ours (ci)", "ours (paper)", "effect holds")
+SCALE_COLUMN = {"smoke": "ours (ci)", "ci": "ours (ci)", "paper": "ours (paper)"}
+FIGURE_DPI = 100
+NOT_CHECKED = "(paper value, not checked here)"
+
+log = logging.getLogger(__name__)
+
+
+def parse_arguments(name: str, description: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the common command line of a figure script; ``out`` defaults to ``paper_figures/<name>/``.
+
+    ``device`` defaults to ``cuda`` at the paper scale and ``cpu`` otherwise.
+    """
+    parser = argparse.ArgumentParser(prog=f"{name}.py", description=description.strip().splitlines()[0])
+    parser.add_argument("--scale", choices=SCALE_NAMES, default="ci", help="size of the runs (default: ci)")
+    parser.add_argument("--out", type=Path, default=None, help=f"output folder (default: paper_figures/{name}/)")
+    parser.add_argument("--data-path", default=None, help="enwik8 file or CIFAR-10 batch folder, for --scale paper")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda at --scale paper, else cpu)")
+    args = parser.parse_args(argv)
+    args.name = name
+    if args.out is None:
+        args.out = FIGURES_DIR / name
+    if args.device is None:
+        args.device = "cuda" if args.scale == "paper" else "cpu"
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def require_data_path(args: argparse.Namespace, what: str) -> str:
+    """Return ``args.data_path``, or raise ValueError saying which data set to pass."""
+    if not args.data_path:
+        raise ValueError(f"--scale {args.scale} reads {what} from disk; pass its location with --data-path")
+    return str(args.data_path)
+
+
+def output_path(args: argparse.Namespace, suffix: str) -> Path:
+    """Return ``DIR/<name><suffix>``, e.g. the figure path for suffix ``.png``."""
+    return args.out / f"{args.name}{suffix}"
+
+
+def save_figure(figure, args: argparse.Namespace) -> Path:
+    """Save ``figure`` as ``DIR/<name>.png`` at a small resolution and close it."""
+    import matplotlib.pyplot as plt
+
+    path = output_path(args, ".png")
+    figure.savefig(path, dpi=FIGURE_DPI)
+    plt.close(figure)
+    return path
+
+
+def save_frame(frame: pd.DataFrame, args: argparse.Namespace) -> Path:
+    """Write the plotted numbers as ``DIR/<name>.csv`` (no index)."""
+    path = output_path(args, ".csv")
+    frame.to_csv(path, index=False, float_format="%.6g")
+    return path
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One row of the claims table, measured at one scale.
+
+    ``holds`` is True or False when the run tests the qualitative effect, None when it
+    cannot (say, no variant reached the target).
+    """
+
+    claim: str
+    paper_value: str
+    ours: str
+    holds: bool | None
+
+
+def format_holds(holds: bool | None) -> str:
+    """Return ``yes``, ``no`` or ``not measured`` for a claim's verdict."""
+    return "not measured" if holds is None else ("yes" if holds else "no")
+
+
+def format_number(value: float, digits: int = 3) -> str:
+    """Format a number with ``digits`` significant digits, or ``not reached`` for NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "not reached"
+    return f"{value:.{digits}g}"
+
+
+def format_speedup(ratio: float) -> str:
+    """Format ``baseline_steps / steps - 1`` as a signed percentage (``+56%``)."""
+    if math.isnan(ratio):
+        return "not measured"
+    return f"{ratio:+.0%}"
+
+
+def _check_cell(text: str) -> str:
+    if "|" in text or "\n" in text:
+        raise ValueError(f"table cell {text!r} contains '|' or a line break; reword it")
+    return text
+
+
+def read_claims(path: str | Path) -> pd.DataFrame:
+    """Read the claims table of a figure's markdown file into a frame with ``CLAIM_COLUMNS``.
+
+    Raises ValueError when the file has no table with exactly those columns.
+    """
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    header = "| " + " | ".join(CLAIM_COLUMNS) + " |"
+    if header not in lines:
+        raise ValueError(f"{path} has no claims table with columns {', '.join(CLAIM_COLUMNS)}")
+    start = lines.index(header) + 2  # skip the header and the separator row
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != len(CLAIM_COLUMNS):
+            raise ValueError(f"{path}: table row {line!r} has {len(cells)} cells, expected {len(CLAIM_COLUMNS)}")
+        rows.append(cells)
+    return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
+
+
+def _parse_verdicts(text: str) -> dict[str, str]:
+    verdicts = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        scale, _, verdict = part.partition(":")
+        verdicts[scale.strip()] = verdict.strip()
+    return verdicts
+
+
+def write_claims(
+    args: argparse.Namespace,
+    title: str,
+    claims: Sequence[Claim],
+    *,
+    settings: str,
+    seconds: float,
+    notes: Sequence[str] = (),
+) -> Path:
+    """Write ``DIR/<name>.md``: the settings of each scale run, the claims table and notes.
+
+    Values of the other scale are kept from an existing file in DIR, matched by claim
+    text, as are its settings lines.
+    """
+    path = output_path(args, ".md")
+    column = SCALE_COLUMN[args.scale]
+    other_column = "ours (paper)" if column == "ours (ci)" else "ours (ci)"
+    kept_rows: dict[str, pd.Series] = {}
+    kept_settings: list[str] = []
+    if path.exists():
+        try:
+            kept_rows = {row["claim"]: row for _, row in read_claims(path).iterrows()}
+        except ValueError as error:
+            log.warning("not keeping values from %s: %s", path, error)
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("- scale `") and not line.startswith(f"- scale `{args.scale}`"):
+                kept_settings.append(line)
+
+    lines = [f"# {title}", ""]
+    if args.scale == "smoke":
+        lines += ["Scale smoke is a size check for the tests: the `ours (ci)` column holds smoke-scale values.", ""]
+    stamp = time.strftime("%Y-%m-%d", time.gmtime())
+    lines += ["Runs:", "", *kept_settings, f"- scale `{args.scale}` ({stamp}, {seconds:.0f} s): {settings}", ""]
+    lines += ["| " + " | ".join(CLAIM_COLUMNS) + " |", "|" + " --- |" * len(CLAIM_COLUMNS)]
+    for claim in claims:
+        kept = kept_rows.get(claim.claim)
+        verdicts = _parse_verdicts(kept["effect holds"]) if kept is not None else {}
+        verdicts = {scale: verdict for scale, verdict in verdicts.items() if SCALE_COLUMN.get(scale) != column}
+        verdicts[args.scale] = format_holds(claim.holds)
+        cells = {
+            "claim": claim.claim,
+            "paper value": claim.paper_value,
+            column: claim.ours,
+            other_column: kept[other_column] if kept is not None else "",
+            "effect holds": "; ".join(f"{scale}: {verdict}" for scale, verdict in verdicts.items()),
+        }
+        lines.append("| " + " | ".join(_check_cell(cells[name]) for name in CLAIM_COLUMNS) + " |")
+    if notes:
+        lines += ["", "Notes:", "", *[f"- {note}" for note in notes]]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+class Stopwatch:
+    """Seconds since creation, for the run line of the claims table."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
