@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -122,10 +123,15 @@ def format_speedup(ratio: float) -> str:
     return f"{ratio:+.0%}"
 
 
-def _check_cell(text: str) -> str:
-    if "|" in text or "\n" in text:
-        raise ValueError(f"table cell {text!r} contains '|' or a line break; reword it")
-    return text
+def _escape_cell(text: str) -> str:
+    if "\n" in text:
+        raise ValueError(f"table cell {text!r} contains a line break; put it on one line")
+    return text.replace("|", "\\|")
+
+
+def _split_row(line: str) -> list[str]:
+    cells = re.split(r"(?<!\\)\|", line.strip().removeprefix("|").removesuffix("|"))
+    return [cell.strip().replace("\\|", "|") for cell in cells]
 
 
 def read_claims(path: str | Path) -> pd.DataFrame:
@@ -142,7 +148,7 @@ def read_claims(path: str | Path) -> pd.DataFrame:
     for line in lines[start:]:
         if not line.startswith("|"):
             break
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        cells = _split_row(line)
         if len(cells) != len(CLAIM_COLUMNS):
             raise ValueError(f"{path}: table row {line!r} has {len(cells)} cells, expected {len(CLAIM_COLUMNS)}")
         rows.append(cells)
@@ -203,7 +209,7 @@ def write_claims(
             other_column: kept[other_column] if kept is not None else "",
             "effect holds": "; ".join(f"{scale}: {verdict}" for scale, verdict in verdicts.items()),
         }
-        lines.append("| " + " | ".join(_check_cell(cells[name]) for name in CLAIM_COLUMNS) + " |")
+        lines.append("| " + " | ".join(_escape_cell(cells[name]) for name in CLAIM_COLUMNS) + " |")
     if notes:
         lines += ["", "Notes:", "", *[f"- {note}" for note in notes]]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -219,3 +225,55 @@ class Stopwatch:
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.started
+
+
+@dataclass
+class Comparison:
+    """What ``train_variants`` returns: the runs table, tidy records and recorded spectra."""
+
+    runs: pd.DataFrame
+    records: pd.DataFrame
+    spectra: pd.DataFrame
+
+
+def train_variants(base, *, variants: Sequence[str], depths: Sequence[int], target: float | None = None,
+                   overrides: dict[str, dict] | None = None, seeds: Sequence[int] = (0,)) -> Comparison:
+    """Train every variant x depth x seed with ``rezero_dynamics.studies.compare`` in a
+    temporary folder and return its runs, records and spectra.
+
+    ``overrides`` maps a run label to settings; a label may name a variant that differs
+    from the label (``{"post_norm_warmup": {"variant": "post_norm", "warmup_steps": 100}}``),
+    so two runs of one variant with different settings can be compared. The runs table's
+    ``variant`` column holds the label. Checkpoints are not kept.
+    """
+    import tempfile
+
+    from rezero_dynamics.studies import collect_records, collect_spectra, compare
+
+    overrides = overrides or {}
+    frames = []
+    with tempfile.TemporaryDirectory(prefix="paper-figure-") as folder:
+        for label in variants:
+            settings = dict(overrides.get(label, {}))
+            variant = settings.pop("variant", label)
+            runs = compare(base, Path(folder) / label, variants=[variant], depths=depths, seeds=seeds,
+                           target=target, overrides={variant: settings})
+            try:
+                records = collect_records(Path(folder) / label)
+            except FileNotFoundError:  # every run failed before its first record
+                records = pd.DataFrame()
+            spectra = collect_spectra(Path(folder) / label)
+            frames.append((runs, records, spectra, label, variant))
+    runs_all, records_all, spectra_all = [], [], []
+    for runs, records, spectra, label, variant in frames:
+        rename = {name: name.replace(variant, label, 1) for name in runs["run"]}
+        runs_all.append(runs.assign(variant=label, run=runs["run"].map(rename)))
+        if len(records):
+            records_all.append(records.assign(run=records["run"].map(lambda r: rename.get(r, r))))
+        if len(spectra):
+            spectra_all.append(spectra.assign(run=spectra["run"].map(lambda r: rename.get(r, r))))
+    return Comparison(
+        pd.concat(runs_all, ignore_index=True),
+        pd.concat(records_all, ignore_index=True) if records_all else pd.DataFrame(columns=["run", "step", "quantity", "layer", "value"]),
+        pd.concat(spectra_all, ignore_index=True) if spectra_all else pd.DataFrame(),
+    )

@@ -1,0 +1,198 @@
+"""12-layer Transformer language models: steps to a target validation bits per character.
+
+Variants: post-norm, post-norm with a linear learning-rate warm-up, pre-norm, GPT-2 norm
+(the library's ``gpt2`` variant: pre-norm, a final LayerNorm and each branch's output
+layer scaled down at initialisation), ReZero with alpha = 1 and ReZero with alpha = 0. All share the model size, data, optimiser and
+learning rate; only post-norm + warm-up ramps its learning rate. The speed-up of ReZero
+(alpha = 0) is the steps of the fastest baseline divided by its own, minus 1.
+
+The ci scale trains on the embedded text (``pydoc_data.topics``); the paper scale on
+enwik8 from ``--data-path`` with the sizes of ``rezero_dynamics.studies.reproduce``'s
+paper scale, where the target is the paper's 1.2 bits per byte.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    NOT_CHECKED,
+    Claim,
+    Stopwatch,
+    format_speedup,
+    parse_arguments,
+    require_data_path,
+    save_figure,
+    save_frame,
+    train_variants,
+    write_claims,
+)
+
+from rezero_dynamics.plots import plot_training_curves  # noqa: E402
+from rezero_dynamics.residual import VARIANTS as LIBRARY_VARIANTS  # noqa: E402
+from rezero_dynamics.studies.reproduce import SCALES as REPRODUCE_SCALES  # noqa: E402
+from rezero_dynamics.training import TrainConfig  # noqa: E402
+from rezero_dynamics.training.metrics import speedup  # noqa: E402
+
+NAME = "transformer_convergence"
+REZERO = "rezero"
+BASELINES = ("post_norm", "post_norm_warmup", "pre_norm", "gpt2")
+# Iterations to 1.2 bits per byte on enwik8 as remembered from the paper's table of
+# 12-layer Transformers; only ReZero's 56% speed-up over the best baseline is checked.
+PAPER_STEPS = {
+    "post_norm": "diverged " + NOT_CHECKED,
+    "post_norm_warmup": "13,690 " + NOT_CHECKED,
+    "pre_norm": "17,765 " + NOT_CHECKED,
+    "gpt2": "21,187 " + NOT_CHECKED,
+    "rezero_alpha1": "14,506 " + NOT_CHECKED,
+    "rezero": "8,800 " + NOT_CHECKED,
+}
+PAPER_SPEEDUP = 0.56
+
+
+@dataclass(frozen=True)
+class ConvergenceScale:
+    config: TrainConfig
+    target: float  # validation bits per character
+    warmup_steps: int  # of post_norm_warmup
+
+
+SCALES = {
+    "smoke": ConvergenceScale(
+        TrainConfig(depth=2, d_model=8, heads=2, seq_len=8, batch_size=2, steps=6, eval_every=2, eval_batches=1,
+                    checkpoint_every=0),
+        target=6.9, warmup_steps=3,
+    ),
+    # The target was set after a first ci run so that most variants reach it within the steps.
+    "ci": ConvergenceScale(
+        TrainConfig(depth=12, d_model=64, heads=4, seq_len=64, batch_size=16, steps=300, lr=1e-3, eval_every=15,
+                    eval_batches=4, checkpoint_every=0, track_every=5),
+        target=3.2, warmup_steps=60,
+    ),
+    # NOTE: the warm-up length is not checked against the paper.
+    "paper": ConvergenceScale(
+        replace(REPRODUCE_SCALES["paper"].base, depth=12, spectrum_every=0, checkpoint_every=0, track_every=100),
+        target=1.2, warmup_steps=8000,
+    ),
+}
+
+
+def run_overrides(scale: ConvergenceScale) -> dict[str, dict]:
+    """Settings of each run label: its library variant and what differs from the base."""
+    return {
+        "post_norm": {},
+        "post_norm_warmup": {"variant": "post_norm", "warmup_steps": scale.warmup_steps},
+        "pre_norm": {},
+        "gpt2": {},
+        "rezero_alpha1": {"variant": "rezero", "alpha_init": 1.0},
+        "rezero": {"alpha_init": 0.0},
+    }
+
+
+def available_labels(overrides: dict[str, dict]) -> tuple[list[str], list[str]]:
+    """Split run labels into those whose variant the library has and those it lacks."""
+    present, missing = [], []
+    for label, settings in overrides.items():
+        (present if settings.get("variant", label) in LIBRARY_VARIANTS else missing).append(label)
+    return present, missing
+
+
+def format_steps(steps: float) -> str:
+    return "not reached" if math.isnan(steps) else f"{steps:.0f} steps"
+
+
+def draw(records: pd.DataFrame, table: pd.DataFrame, target: float):
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.4))
+    figure.set_layout_engine("constrained")
+    plot_training_curves(records[records["quantity"].isin(["val_bpc", "loss"])], ax=left)
+    left.axhline(target, color="0.5", linestyle=":")
+    steps = table["steps_to_target"]
+    bars = right.bar(table["label"], steps.fillna(0), color=["0.6" if np.isnan(v) else "C0" for v in steps])
+    for bar, value in zip(bars, steps):
+        right.annotate("not reached" if np.isnan(value) else f"{value:.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                       ha="center", va="bottom", fontsize="small")
+    right.set_ylabel(f"steps to validation bpc {target:g}")
+    right.set_title("steps to target (lower is faster)")
+    right.tick_params(axis="x", labelrotation=20)
+    return figure
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_arguments(NAME, __doc__, argv)
+    clock = Stopwatch()
+    scale = SCALES[args.scale]
+    config = replace(scale.config, device=args.device)
+    if config.data == "enwik8":
+        config = replace(config, data_path=require_data_path(args, "enwik8"))
+    overrides = run_overrides(scale)
+    labels, missing = available_labels(overrides)
+    comparison = train_variants(config, variants=labels, depths=[config.depth], target=scale.target, overrides=overrides)
+    table = comparison.runs.rename(columns={"variant": "label"})[["label", "run", "status", "steps_to_target", "final_metric"]]
+    save_figure(draw(comparison.records, table, scale.target), args)
+    curves = comparison.records[comparison.records["quantity"] == "val_bpc"][["run", "step", "value"]]
+    save_frame(pd.concat([curves.assign(kind="val_bpc"), table.assign(kind="steps_to_target")], ignore_index=True), args)
+
+    steps = table.set_index("label")["steps_to_target"]
+    status = table.set_index("label")["status"]
+    reached = steps.reindex([b for b in BASELINES if b in steps.index]).dropna()
+    rezero_steps = float(steps.get(REZERO, math.nan))
+    if math.isnan(rezero_steps):
+        best_text = "ReZero did not reach the target"
+        holds = None if reached.empty else False
+    elif reached.empty:
+        best_text = f"only ReZero reached the target ({rezero_steps:.0f} steps); no baseline within {config.steps}"
+        holds = True
+    else:
+        ratio = speedup(float(reached.min()), rezero_steps)
+        best_text = f"{format_speedup(ratio)} against {reached.idxmin()} ({reached.min():.0f} vs {rezero_steps:.0f} steps)"
+        holds = ratio > 0
+    claims = [Claim(
+        f"ReZero (alpha = 0) reaches {scale.target:g} bits per character sooner than the best baseline",
+        f"{PAPER_SPEEDUP:.0%} faster (enwik8, 1.2 bits per byte)",
+        best_text,
+        holds,
+    )]
+    for label in overrides:
+        if label == REZERO:
+            continue
+        if label in missing:
+            claims.append(Claim(f"ReZero faster than {label}", PAPER_STEPS[label],
+                                f"not run: variant {overrides[label].get('variant', label)!r} is not in this library version", None))
+            continue
+        other = float(steps[label])
+        comparable = not (math.isnan(other) and math.isnan(rezero_steps))
+        claims.append(Claim(
+            f"ReZero faster than {label}",
+            PAPER_STEPS[label],
+            f"{format_steps(other)} ({status[label]}) vs ReZero {format_steps(rezero_steps)}",
+            bool(np.nan_to_num(other, nan=np.inf) > rezero_steps) if comparable else None,
+        ))
+    c = config
+    settings = (
+        f"{c.depth}-layer LMs on `{c.data}`, d_model {c.d_model}, {c.heads} heads, sequence length {c.seq_len}, "
+        f"batch {c.batch_size}, {c.steps} steps of {c.optimizer} at lr {c.lr}, warm-up {scale.warmup_steps} steps "
+        f"for post_norm_warmup only, validation every {c.eval_every} steps"
+    )
+    notes = [
+        f"Steps to target: the first validation (every {c.eval_every} steps) at or below {scale.target:g}; "
+        f"'not reached' within {c.steps} steps.",
+        "One seed per variant; the spread across seeds is not measured.",
+    ]
+    if missing:
+        notes.append(f"Not run, because this library version lacks the variant: {', '.join(missing)}.")
+    write_claims(args, "12-layer Transformers: steps to a target bits per character", claims, settings=settings,
+                 seconds=clock.seconds, notes=notes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
