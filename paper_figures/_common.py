@@ -1,5 +1,8 @@
 """Shared parts of the paper-figure scripts: arguments, output paths and the claims table.
 
+"The paper" in this folder is Bachlechner, Majumder, Mao, Cottrell and McAuley, "ReZero
+is All You Need: Fast Convergence at Large Depth", arXiv 2003.04887.
+
 Every script in this folder is run as ``python paper_figures/<name>.py --scale
 smoke|ci|paper [--out DIR] [--data-path P] [--device D]`` and writes ``<name>.png``,
 ``<name>.csv`` (the plotted numbers, tidy) and ``<name>.md`` (a table of claims) into
@@ -106,7 +109,9 @@ class Claim:
 
 def format_holds(holds: bool | None) -> str:
     """Return ``yes``, ``no`` or ``not measured`` for a claim's verdict."""
-    return "not measured" if holds is None else ("yes" if holds else "no")
+    if holds is None:
+        return "not measured"
+    return "yes" if holds else "no"
 
 
 def format_number(value: float, digits: int = 3) -> str:
@@ -229,7 +234,7 @@ class Stopwatch:
 
 @dataclass
 class Comparison:
-    """What ``train_variants`` returns: the runs table, tidy records and recorded spectra."""
+    """Runs table, tidy records and recorded spectra of a ``train_variants`` call."""
 
     runs: pd.DataFrame
     records: pd.DataFrame
@@ -241,9 +246,10 @@ def train_variants(base, *, variants: Sequence[str], depths: Sequence[int], targ
     """Train every variant x depth x seed with ``rezero_dynamics.studies.compare`` in a
     temporary folder and return its runs, records and spectra.
 
-    ``overrides`` maps a run label to settings; a label may name a variant that differs
-    from the label (``{"post_norm_warmup": {"variant": "post_norm", "warmup_steps": 100}}``),
-    so two runs of one variant with different settings can be compared. The runs table's
+    ``overrides`` maps a run label to settings. A label's settings may name a variant
+    other than the label, as in ``{"post_norm_warmup": {"variant": "post_norm",
+    "warmup_steps": 100}}``, so two runs of one variant with different settings can be
+    compared. The runs table's
     ``variant`` column holds the label. Checkpoints are not kept.
     """
     import tempfile

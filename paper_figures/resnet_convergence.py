@@ -62,8 +62,8 @@ SCALES = {
              optimizer="sgd", lr=0.05, eval_every=15, checkpoint_every=0, track_every=5),
         target=0.95,
     ),
-    # NOTE: ResNet-56 and CIFAR-10 follow the paper; batch size, learning rate (no decay
-    # schedule here), step count and the accuracy target are not checked against the paper.
+    # NOTE: ResNet-56 and CIFAR-10 follow the paper. Batch size, learning rate (without a
+    # decay schedule), step count and the accuracy target are not checked against the paper.
     "paper": ResNetScale(
         dict(task="classifier", data="cifar10", classifier_model="resnet", depth=56, batch_size=128, steps=64_000,
              optimizer="sgd", lr=0.1, weight_decay=1e-4, eval_every=350, checkpoint_every=0, track_every=50),

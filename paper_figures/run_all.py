@@ -1,7 +1,7 @@
 """Run every paper-figure script at one scale and assemble ``paper_figures/README.md``.
 
 Each script runs in its own Python process, one after another, with the same
-``--scale``, ``--data-path`` and ``--device``; a failing script is reported and the others
+``--scale``, ``--data-path`` and ``--device``. A failing script is reported and the others
 go on. Wall times go to ``timings.csv`` (one row per script and scale, replaced on
 rerun) with the CPU count and the load averages before and after, so times measured on
 a shared machine can be told apart. The README shows every figure and one table of all
