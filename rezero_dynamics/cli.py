@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument(
         "--theory", action="store_true",
         help="draw the random-matrix prediction on the histograms (needs --model mlp --activation linear "
-             "--init gaussian --variants none)",
+             "--init gaussian and --variants none, residual or rezero)",
     )
     spectrum.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     spectrum.add_argument("--no-progress", action="store_true", help="hide the progress bar")
