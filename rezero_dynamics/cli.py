@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _OPTION_HELP = {
+    "variant": f"residual variant of every block, one of {', '.join(VARIANTS)} (post-norm with warm-up: "
+               f"--variant post_norm --warmup-steps N)",
+    "warmup_steps": "linear learning-rate warm-up over the first N steps (0: none)",
     "task": "lm (character language model) or classifier (MLP on images)",
     "data": "lm: default (pydoc_data.topics text) or enwik8; classifier: digits or cifar10",
     "data_path": "enwik8 file or cifar-10-batches-py folder",
