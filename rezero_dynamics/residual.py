@@ -34,6 +34,9 @@ find F's weight layers (``nn.Linear`` and convolutions) in registration order: t
 one is F's output layer unless F defines ``output_layer``, and F may define
 ``value_path_weights()`` to name the weights that DeepNorm scales (default: all of them).
 
+A block built with a ``shortcut`` S uses S(x) in place of x on the skip path, as a
+ResNet block that changes the image shape does.
+
 Post-norm with learning-rate warm-up is a schedule, not a block: it is ``post_norm``
 trained with ``TrainConfig(warmup_steps=...)``.
 
@@ -53,6 +56,8 @@ VARIANTS: tuple[str, ...] = (
     "rezero_pre_norm", "rezero_post_norm", "gpt2", "fixup", "zero_gamma", "deepnorm",
 )
 NORMS: tuple[str, ...] = ("layer", "batch")
+BLOCK_NORMS: tuple[str, ...] = (*NORMS, "batch2d")
+"""Norms a block accepts: ``NORMS`` for (..., width) features, ``batch2d`` for images."""
 
 GATED_VARIANTS: tuple[str, ...] = ("rezero", "rezero_pre_norm", "rezero_post_norm")
 """Variants with a ReZero gate ``alpha``."""
@@ -79,13 +84,16 @@ def make_norm(kind: str, width: int) -> nn.Module:
     """Build a fresh normalisation layer over the last dimension of size ``width``.
 
     ``layer`` is LayerNorm. ``batch`` is BatchNorm1d over inputs of shape (B, width),
-    so it suits the MLP only.
+    so it suits the MLP only. ``batch2d`` is BatchNorm2d over the ``width`` channels of
+    images (B, width, H, W), for convolutional branches.
     """
     if kind == "layer":
         return nn.LayerNorm(width)
     if kind == "batch":
         return nn.BatchNorm1d(width)
-    raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
+    if kind == "batch2d":
+        return nn.BatchNorm2d(width)
+    raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(BLOCK_NORMS)}")
 
 
 class ReZeroGate(nn.Module):
@@ -171,6 +179,8 @@ class ResidualBlock(nn.Module):
         gate: an existing ``ReZeroGate`` to share; only valid with ``GATED_VARIANTS``.
         residual_branches: L, the number of residual branches in the whole stack (a
             Transformer layer has two). Required by ``DEPTH_AWARE_VARIANTS``.
+        shortcut: a module S on the skip path, which then carries S(x) in place of x
+            (e.g. the downsampling shortcut of a ResNet); ``None`` is the identity.
     """
 
     def __init__(
@@ -183,15 +193,18 @@ class ResidualBlock(nn.Module):
         alpha_init: float = 0.0,
         gate: ReZeroGate | None = None,
         residual_branches: int | None = None,
+        shortcut: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.variant = check_variant(variant)
+        if shortcut is not None and variant == "none":
+            raise ValueError("variant 'none' has no skip path, so it takes no shortcut; pass shortcut=None")
         if gate is not None and variant not in GATED_VARIANTS:
             raise ValueError(
                 f"a shared ReZero gate needs variant {', '.join(map(repr, GATED_VARIANTS))}, got {variant!r}"
             )
-        if norm not in NORMS:
-            raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+        if norm not in BLOCK_NORMS:
+            raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(BLOCK_NORMS)}")
         if variant in DEPTH_AWARE_VARIANTS and (
             isinstance(residual_branches, bool) or not isinstance(residual_branches, int) or residual_branches < 1
         ):
@@ -200,6 +213,7 @@ class ResidualBlock(nn.Module):
                 f"the stack (a positive integer), got {residual_branches!r}"
             )
         self.sublayer = sublayer
+        self.shortcut = shortcut
         self.norm = make_norm(norm, width) if variant in NORMED_VARIANTS else None
         if variant in GATED_VARIANTS:
             self.gate = gate if gate is not None else ReZeroGate(alpha_init)
@@ -241,25 +255,26 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         variant = self.variant
+        if variant == "none":
+            return self.sublayer(x)
+        skip = x if self.shortcut is None else self.shortcut(x)
         if variant == "rezero":
-            return x + self.gate(self.sublayer(x))
+            return skip + self.gate(self.sublayer(x))
         if variant in ("pre_norm", "gpt2"):
-            return x + self.sublayer(self.norm(x))
+            return skip + self.sublayer(self.norm(x))
         if variant == "post_norm":
-            return self.norm(x + self.sublayer(x))
+            return self.norm(skip + self.sublayer(x))
         if variant == "residual":
-            return x + self.sublayer(x)
+            return skip + self.sublayer(x)
         if variant == "rezero_pre_norm":
-            return x + self.gate(self.sublayer(self.norm(x)))
+            return skip + self.gate(self.sublayer(self.norm(x)))
         if variant == "rezero_post_norm":
-            return self.norm(x + self.gate(self.sublayer(x)))
+            return self.norm(skip + self.gate(self.sublayer(x)))
         if variant == "fixup":
-            return x + (self.fixup_scale * self.sublayer(x + self.fixup_bias_in) + self.fixup_bias_out)
+            return skip + (self.fixup_scale * self.sublayer(x + self.fixup_bias_in) + self.fixup_bias_out)
         if variant == "zero_gamma":
-            return x + self.norm(self.sublayer(x))
-        if variant == "deepnorm":
-            return self.norm(self.residual_scale * x + self.sublayer(x))
-        return self.sublayer(x)  # "none"
+            return skip + self.norm(self.sublayer(x))
+        return self.norm(self.residual_scale * skip + self.sublayer(x))  # "deepnorm"
 
     def extra_repr(self) -> str:
         if self.variant == "deepnorm":
