@@ -13,7 +13,7 @@ in the whole stack, passed as ``residual_branches``):
 * ``rezero_post_norm``: Norm(x + alpha * F(x));
 * ``gpt2``:       x + F(Norm(x)), with the weight of F's last layer scaled by 1/sqrt(L)
   at initialisation and a final norm after the stack (Radford et al. 2019, "Language
-  Models are Unsupervised Multitask Learners", section 2.3);
+  Models are Unsupervised Multitask Learners");
 * ``fixup``:      x + (s * F(x + a) + b), no norm, with scalars s = 1, a = b = 0 at
   initialisation, F's last layer set to 0 and F's other weight layers scaled by
   L^(-1/(2m - 2)) for m weight layers in F (Zhang, Dauphin and Ma 2019, "Fixup
