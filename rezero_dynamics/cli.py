@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument(
         "--theory", action="store_true",
         help="draw the random-matrix prediction on the histograms (needs --model mlp --activation linear "
-             "--init gaussian --variants none)",
+             "--init gaussian and --variants none, residual or rezero)",
     )
     spectrum.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     spectrum.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -260,7 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _OPTION_HELP = {
-    "task": "lm (character language model) or classifier (MLP on images)",
+    "variant": f"residual variant of every block, one of {', '.join(VARIANTS)} (post-norm with warm-up: "
+               f"--variant post_norm --warmup-steps N)",
+    "warmup_steps": "linear learning-rate warm-up over the first N steps (0: none)",
+    "task": "lm (character language model) or classifier (MLP or ResNet on images)",
+    "classifier_model": "classifier network: mlp, or resnet (CIFAR ResNet with --depth 6n+2 layers, e.g. 20, 56, 110)",
     "data": "lm: default (pydoc_data.topics text) or enwik8; classifier: digits or cifar10",
     "data_path": "enwik8 file or cifar-10-batches-py folder",
     "spectrum_every": "record Jacobian spectra of the block stack every N steps (0: never)",

@@ -66,7 +66,11 @@ def compare(
     """Train every combination of ``variants`` x ``depths`` x ``seeds`` from ``base``.
 
     ``overrides`` maps a variant name to extra settings for its runs (for example a
-    warm-up for post-norm). ``target`` is the validation metric value whose first
+    warm-up for post-norm). An entry of ``variants`` may also be a label whose
+    overrides name the variant, so one comparison can hold post-norm with and without
+    warm-up: ``variants=["post_norm", "post_norm_warmup"]`` with
+    ``overrides={"post_norm_warmup": {"variant": "post_norm", "warmup_steps": 1000}}``.
+    Runs and rows are named by the label. ``target`` is the validation metric value whose first
     crossing is reported as ``steps_to_target``. Returns the runs table, also written to
     ``output_dir/runs.csv`` after every run, so an interrupted comparison keeps the rows
     of the runs it finished.
@@ -79,7 +83,8 @@ def compare(
     rows = []
     for variant, depth, seed in tqdm(jobs, desc="runs", disable=not progress):
         name = run_name(variant, depth, seed)
-        config = dataclasses.replace(base, variant=variant, depth=depth, seed=seed, **(overrides or {}).get(variant, {}))
+        settings = {"variant": variant, "depth": depth, "seed": seed, **(overrides or {}).get(variant, {})}
+        config = dataclasses.replace(base, **settings)
         run_dir = output_dir / "runs" / name
         row = {"run": name, "variant": variant, "depth": depth, "seed": seed, "metric": metric}
         try:

@@ -31,7 +31,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import CharCorpus, load_cifar10, load_digits, load_enwik8
-from ..models import ACTIVATIONS, WEIGHT_INITS
+from ..models import ACTIVATIONS, RESNET_VARIANTS, WEIGHT_INITS
+from ..models.resnet import resnet_blocks_per_stage
 from ..residual import NORMS, check_variant
 from ..tracking import RECORDS_FILE, Every, LogSpaced, RecordWriter, Tracker
 from ..tracking.records import read_records
@@ -41,6 +42,7 @@ from .tasks import ClassificationTask, LanguageModelTask
 log = logging.getLogger(__name__)
 
 TASKS: dict[str, tuple[str, ...]] = {"lm": ("default", "enwik8"), "classifier": ("digits", "cifar10")}
+CLASSIFIER_MODELS: tuple[str, ...] = ("mlp", "resnet")
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "adagrad")
 DECAYS: tuple[str, ...] = ("none", "cosine", "linear")
 TRACK_SCHEDULES: tuple[str, ...] = ("every", "log")
@@ -55,7 +57,8 @@ class TrainConfig:
     ``task`` is ``lm`` (data ``default`` or ``enwik8``) or ``classifier`` (data ``digits``
     or ``cifar10``); ``data_path`` locates enwik8 or the CIFAR-10 batch folder. The LM
     uses d_model, heads, d_ff and seq_len; the classifier's MLP uses width, activation,
-    init, sigma_w and norm.
+    init, sigma_w and norm. ``classifier_model="resnet"`` trains a CIFAR ResNet instead,
+    with ``depth`` its number of weighted layers (6n + 2: 20, 56, 110, ...).
     """
 
     task: str = "lm"
@@ -72,6 +75,7 @@ class TrainConfig:
     init: str = "gaussian"
     sigma_w: float = 1.0
     norm: str = "layer"
+    classifier_model: str = "mlp"
     alpha_init: float = 0.0
     dropout: float = 0.0
     batch_size: int = 16
@@ -112,7 +116,7 @@ class TrainConfig:
         for name in ("eval_every", "track_every", "checkpoint_every", "warmup_steps", "spectrum_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 disables), got {getattr(self, name)}")
-        choices = {"track_schedule": TRACK_SCHEDULES, "optimizer": OPTIMIZERS, "decay": DECAYS, "activation": ACTIVATIONS, "init": WEIGHT_INITS, "norm": NORMS}
+        choices = {"track_schedule": TRACK_SCHEDULES, "optimizer": OPTIMIZERS, "decay": DECAYS, "activation": ACTIVATIONS, "init": WEIGHT_INITS, "norm": NORMS, "classifier_model": CLASSIFIER_MODELS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
@@ -135,7 +139,18 @@ class TrainConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.classifier_model == "resnet":
+            self._validate_resnet()
         return self
+
+    def _validate_resnet(self) -> None:
+        if self.task != "classifier":
+            raise ValueError(f"classifier_model 'resnet' needs task 'classifier', got task {self.task!r}")
+        if self.variant not in RESNET_VARIANTS:
+            raise ValueError(
+                f"variant {self.variant!r} is not available for the ResNet; choose one of {', '.join(RESNET_VARIANTS)}"
+            )
+        resnet_blocks_per_stage(self.depth)  # raises unless depth = 6n + 2
 
 
 @dataclass
