@@ -246,40 +246,19 @@ def train_variants(base, *, variants: Sequence[str], depths: Sequence[int], targ
     """Train every variant x depth x seed with ``rezero_dynamics.studies.compare`` in a
     temporary folder and return its runs, records and spectra.
 
-    ``overrides`` maps a run label to settings. A label's settings may name a variant
-    other than the label, as in ``{"post_norm_warmup": {"variant": "post_norm",
-    "warmup_steps": 100}}``, so two runs of one variant with different settings can be
-    compared. The runs table's
-    ``variant`` column holds the label. Checkpoints are not kept.
+    ``variants`` may hold labels whose ``overrides`` name the variant, as in
+    ``{"post_norm_warmup": {"variant": "post_norm", "warmup_steps": 100}}``; runs are
+    named by the label. Checkpoints and run folders are deleted afterwards.
     """
     import tempfile
 
     from rezero_dynamics.studies import collect_records, collect_spectra, compare
 
-    overrides = overrides or {}
-    frames = []
     with tempfile.TemporaryDirectory(prefix="paper-figure-") as folder:
-        for label in variants:
-            settings = dict(overrides.get(label, {}))
-            variant = settings.pop("variant", label)
-            runs = compare(base, Path(folder) / label, variants=[variant], depths=depths, seeds=seeds,
-                           target=target, overrides={variant: settings})
-            try:
-                records = collect_records(Path(folder) / label)
-            except FileNotFoundError:  # every run failed before its first record
-                records = pd.DataFrame()
-            spectra = collect_spectra(Path(folder) / label)
-            frames.append((runs, records, spectra, label, variant))
-    runs_all, records_all, spectra_all = [], [], []
-    for runs, records, spectra, label, variant in frames:
-        rename = {name: name.replace(variant, label, 1) for name in runs["run"]}
-        runs_all.append(runs.assign(variant=label, run=runs["run"].map(rename)))
-        if len(records):
-            records_all.append(records.assign(run=records["run"].map(lambda r: rename.get(r, r))))
-        if len(spectra):
-            spectra_all.append(spectra.assign(run=spectra["run"].map(lambda r: rename.get(r, r))))
-    return Comparison(
-        pd.concat(runs_all, ignore_index=True),
-        pd.concat(records_all, ignore_index=True) if records_all else pd.DataFrame(columns=["run", "step", "quantity", "layer", "value"]),
-        pd.concat(spectra_all, ignore_index=True) if spectra_all else pd.DataFrame(),
-    )
+        runs = compare(base, folder, variants=variants, depths=depths, seeds=seeds, target=target, overrides=overrides)
+        try:
+            records = collect_records(folder)
+        except FileNotFoundError:  # every run failed before its first record
+            records = pd.DataFrame(columns=["run", "step", "quantity", "layer", "value"])
+        spectra = collect_spectra(folder)
+    return Comparison(runs, records, spectra)
