@@ -37,7 +37,6 @@ from _common import (  # noqa: E402
     write_claims,
 )
 
-from rezero_dynamics.plots import plot_training_curves  # noqa: E402
 from rezero_dynamics.residual import VARIANTS as LIBRARY_VARIANTS  # noqa: E402
 from rezero_dynamics.studies.reproduce import SCALES as REPRODUCE_SCALES  # noqa: E402
 from rezero_dynamics.training import TrainConfig  # noqa: E402
@@ -57,6 +56,7 @@ PAPER_STEPS = {
     "rezero": "8,800 " + NOT_CHECKED,
 }
 PAPER_SPEEDUP = 0.56
+BPC_AXIS_TOP = 10.0  # above log2 of a byte vocabulary (8 bits), the start of every run
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,12 @@ SCALES = {
                     checkpoint_every=0),
         target=6.9, warmup_steps=3,
     ),
-    # The target was set after a first ci run so that most variants reach it within the steps.
+    # The target was set after a first ci run, in which the two fastest variants reached
+    # it about two-thirds of the way through the 300 steps.
     "ci": ConvergenceScale(
         TrainConfig(depth=12, d_model=64, heads=4, seq_len=64, batch_size=16, steps=300, lr=1e-3, eval_every=15,
                     eval_batches=4, checkpoint_every=0, track_every=5),
-        target=3.2, warmup_steps=60,
+        target=3.4, warmup_steps=60,
     ),
     # NOTE: the warm-up length is not checked against the paper.
     "paper": ConvergenceScale(
@@ -110,11 +111,18 @@ def format_steps(steps: float) -> str:
     return "not reached" if math.isnan(steps) else f"{steps:.0f} steps"
 
 
-def draw(records: pd.DataFrame, table: pd.DataFrame, target: float):
+def draw(curves: pd.DataFrame, table: pd.DataFrame, target: float):
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.4))
     figure.set_layout_engine("constrained")
-    plot_training_curves(records[records["quantity"].isin(["val_bpc", "loss"])], ax=left)
-    left.axhline(target, color="0.5", linestyle=":")
+    for run, rows in curves.groupby("run", sort=False):
+        left.plot(rows["step"], rows["value"], marker=".", label=run)
+    left.axhline(target, color="0.5", linestyle=":", label=f"target {target:g}")
+    # A diverging run (say ReZero at alpha = 1) would stretch the axis over hundreds of bits.
+    left.set_ylim(target - 1.0, min(float(curves["value"].max()), BPC_AXIS_TOP) + 0.2)
+    left.set_xlabel("step")
+    left.set_ylabel("validation bits per character")
+    left.set_title(f"validation (cut off above {BPC_AXIS_TOP:g} bits)")
+    left.legend(fontsize="small")
     steps = table["steps_to_target"]
     bars = right.bar(table["label"], steps.fillna(0), color=["0.6" if np.isnan(v) else "C0" for v in steps])
     for bar, value in zip(bars, steps):
@@ -137,8 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels, missing = available_labels(overrides)
     comparison = train_variants(config, variants=labels, depths=[config.depth], target=scale.target, overrides=overrides)
     table = comparison.runs.rename(columns={"variant": "label"})[["label", "run", "status", "steps_to_target", "final_metric"]]
-    save_figure(draw(comparison.records, table, scale.target), args)
     curves = comparison.records[comparison.records["quantity"] == "val_bpc"][["run", "step", "value"]]
+    save_figure(draw(curves, table, scale.target), args)
     save_frame(pd.concat([curves.assign(kind="val_bpc"), table.assign(kind="steps_to_target")], ignore_index=True), args)
 
     steps = table.set_index("label")["steps_to_target"]
