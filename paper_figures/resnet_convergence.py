@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ours, holds = f"only ReZero reached it ({epochs(rezero, config):.1f} epochs)", True
     else:
         ratio = speedup(standard, rezero)
-        ours = f"{format_speedup(ratio)} ({epochs(standard, config):.1f} vs {epochs(rezero, config):.1f} epochs)"
+        ours = f"{format_speedup(ratio)} (standard {epochs(standard, config):.1f}, ReZero {epochs(rezero, config):.1f} epochs)"
         holds = ratio > 0
     if config.data != "cifar10":
         ours += f", {model_name} on {data_name}, not ResNet-56 on CIFAR-10"

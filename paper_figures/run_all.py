@@ -1,8 +1,8 @@
 """Run every paper-figure script at one scale and assemble ``paper_figures/README.md``.
 
-Each script runs in its own Python process, one after another, with the same
-``--scale``, ``--data-path`` and ``--device``. A failing script is reported and the others
-go on. Wall times go to ``timings.csv`` (one row per script and scale, replaced on
+Each script runs in its own Python process with the same ``--scale``, ``--data-path``
+and ``--device``, one after another or ``--jobs`` at a time. A failing script is
+reported and the others go on. Wall times go to ``timings.csv`` (one row per script and scale, replaced on
 rerun) with the CPU count and the load averages before and after, so times measured on
 a shared machine can be told apart. The README shows every figure and one table of all
 claims, read back from each script's ``<name>.md``.
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -47,12 +48,15 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-path", default=None, help="enwik8 file or CIFAR-10 folder, for --scale paper")
     parser.add_argument("--device", default=None, help="torch device passed to every script")
     parser.add_argument("--only", default=None, help=f"comma-separated scripts to run (default: all of {', '.join(names)})")
+    parser.add_argument("--jobs", type=int, default=1, help="scripts to run at the same time (default: 1)")
     parser.add_argument("--root", type=Path, default=FIGURES_DIR, help="folder with the scripts' output folders and the README")
     args = parser.parse_args(argv)
     args.selected = names if args.only is None else [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(args.selected) - set(names))
     if unknown:
         parser.error(f"unknown script(s) {', '.join(unknown)}; choose from {', '.join(names)}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     return args
 
 
@@ -66,11 +70,13 @@ def run_script(name: str, args: argparse.Namespace) -> dict:
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     print(f"[run_all] {name} --scale {args.scale}", flush=True)
-    result = subprocess.run(command, check=False)
+    result = subprocess.run(command, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        print(result.stdout, flush=True)
     seconds = time.perf_counter() - started
     print(f"[run_all] {name} finished with exit status {result.returncode} in {seconds:.0f} s", flush=True)
     return {
-        "script": name, "scale": args.scale, "seconds": round(seconds, 1), "exit_status": result.returncode,
+        "script": name, "scale": args.scale, "seconds": round(seconds, 1), "exit_status": result.returncode, "jobs": args.jobs,
         "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "cpus": os.cpu_count(),
         "load_1min_before": round(load_before, 2), "load_1min_after": round(os.getloadavg()[0], 2),
         "machine": platform.machine(),
@@ -137,14 +143,15 @@ def render_readme(root: Path, timings: pd.DataFrame | None) -> str:
             "## Run times",
             "",
             "Wall time of each script, from `timings.csv`. The load average (1 minute) before and after shows",
-            "whether other processes shared the machine: above the CPU count, the times are inflated.",
+            "whether other processes shared the machine: above the CPU count, the times are inflated. Scripts",
+            "run with `--jobs 2` also share the machine with each other.",
             "",
-            "| script | scale | seconds | exit status | CPUs | load before | load after | finished (UTC) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| script | scale | seconds | exit status | jobs | CPUs | load before | load after | finished (UTC) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for _, row in timings.sort_values(["scale", "script"]).iterrows():
             lines.append(
-                f"| {row['script']} | {row['scale']} | {row['seconds']:.0f} | {row['exit_status']} | {row['cpus']} | "
+                f"| {row['script']} | {row['scale']} | {row['seconds']:.0f} | {row['exit_status']} | {row['jobs']} | {row['cpus']} | "
                 f"{row['load_1min_before']} | {row['load_1min_after']} | {row['finished_utc']} |"
             )
         lines.append("")
@@ -167,7 +174,8 @@ def render_readme(root: Path, timings: pd.DataFrame | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
-    rows = [run_script(name, args) for name in args.selected]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(lambda name: run_script(name, args), args.selected))
     timings = update_timings(args.root, rows)
     (args.root / "README.md").write_text(render_readme(args.root, timings), encoding="utf-8")
     failed = [row["script"] for row in rows if row["exit_status"] != 0]
