@@ -4,7 +4,7 @@ Each script runs in its own Python process with the same ``--scale``, ``--data-p
 and ``--device``, one after another or ``--jobs`` at a time. A failing script is
 reported and the others go on. Wall times go to ``timings.csv`` (one row per script and scale, replaced on
 rerun) with the CPU count and the load averages before and after, so times measured on
-a shared machine can be told apart. The README shows every figure and one table of all
+a shared machine can be distinguished from idle ones. The README shows every figure and one table of all
 claims, read back from each script's ``<name>.md``.
 
     python paper_figures/run_all.py --scale ci
