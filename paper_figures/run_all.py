@@ -2,10 +2,11 @@
 
 Each script runs in its own Python process with the same ``--scale``, ``--data-path``
 and ``--device``, one after another or ``--jobs`` at a time. A failing script is
-reported and the others go on. Wall times go to ``timings.csv`` (one row per script and scale, replaced on
-rerun) with the CPU count and the load averages before and after, so times measured on
-a shared machine can be distinguished from idle ones. The README shows every figure and one table of all
-claims, read back from each script's ``<name>.md``.
+reported and the others go on. Wall times go to ``timings.csv``, one row per script and
+scale (replaced on rerun), with the CPU count and the load averages before and after,
+so times measured on a shared machine can be distinguished from idle ones. The README
+shows every figure and one table of all claims, read back from each script's
+``<name>.md``.
 
     python paper_figures/run_all.py --scale ci
     python paper_figures/run_all.py --scale paper --data-path DATA --only transformer_convergence
