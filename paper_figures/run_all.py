@@ -61,6 +61,12 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def report(text: str) -> None:
+    """Print one line or block in a single write, so lines of parallel scripts do not mix."""
+    sys.stdout.write(text.rstrip("\n") + "\n")
+    sys.stdout.flush()
+
+
 def run_script(name: str, args: argparse.Namespace) -> dict:
     """Run one script in a subprocess and return its timing row."""
     command = [sys.executable, str(FIGURES_DIR / f"{name}.py"), "--scale", args.scale, "--out", str(args.root / name)]
@@ -70,12 +76,12 @@ def run_script(name: str, args: argparse.Namespace) -> dict:
         command += ["--device", args.device]
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    print(f"[run_all] {name} --scale {args.scale}", flush=True)
+    report(f"[run_all] {name} --scale {args.scale}")
     result = subprocess.run(command, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if result.returncode != 0:
-        print(result.stdout, flush=True)
+        report(result.stdout)
     seconds = time.perf_counter() - started
-    print(f"[run_all] {name} finished with exit status {result.returncode} in {seconds:.0f} s", flush=True)
+    report(f"[run_all] {name} finished with exit status {result.returncode} in {seconds:.0f} s")
     return {
         "script": name, "scale": args.scale, "seconds": round(seconds, 1), "exit_status": result.returncode, "jobs": args.jobs,
         "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "cpus": os.cpu_count(),
