@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     others = steps.drop("rezero").dropna()
     best_other = others.idxmin() if len(others) else None
     ratio = speedup(float(others.min()), float(steps["rezero"])) if best_other else math.nan
-    reached_text = ", ".join(f"{v} {format_number(steps[v], 4)}" for v in VARIANTS)
+    reached_text = ", ".join(f"{v}: {format_number(steps[v], 4)}" for v in VARIANTS)
     if best_other is None and not math.isnan(steps["rezero"]):
         longest = config.steps
         ours = f"no other variant reached it in {longest} steps; ReZero at {format_number(steps['rezero'], 4)} (speed-up at least {format_speedup(longest / steps['rezero'] - 1)})"

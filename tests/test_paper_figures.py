@@ -139,3 +139,23 @@ def test_readme_lists_every_claim_and_figure(smoke_outputs):
         assert f"![{name}]({name}/{name}.png)" in text
         rows = common.read_claims(smoke_outputs / name / f"{name}.md")
         assert sum(line.startswith(f"| [{name}]") for line in text.splitlines()) == len(rows)
+
+
+def test_paper_scale_settings_validate():
+    from dataclasses import replace
+
+    from rezero_dynamics.training import TrainConfig
+
+    spectra = importlib.import_module("jacobian_spectra")
+    spectra.SCALES["paper"].init.validate()
+    configs = {
+        "jacobian_spectra": spectra.SCALES["paper"].training,
+        "alpha_trajectories": importlib.import_module("alpha_trajectories").SCALES["paper"],
+        "deep_transformers": importlib.import_module("deep_transformers").SCALES["paper"],
+        "transformer_convergence": importlib.import_module("transformer_convergence").SCALES["paper"].config,
+        "deep_mlp_convergence": importlib.import_module("deep_mlp_convergence").SCALES["paper"].config,
+        "resnet_convergence": TrainConfig(**importlib.import_module("resnet_convergence").SCALES["paper"].settings),
+    }
+    for name, config in configs.items():
+        assert config.data in ("enwik8", "cifar10"), name
+        replace(config, data_path="unused").validate()
