@@ -393,9 +393,9 @@ class ConvResNet(nn.Module):
         return x
 
 
-def build(alpha: float, channels: int = CHANNELS) -> ConvResNet:
+def build(alpha: float) -> ConvResNet:
     torch.manual_seed(SEED)   # the same weights for every alpha
-    return ConvResNet(channels, DEPTH, alpha)
+    return ConvResNet(CHANNELS, DEPTH, alpha)
 
 
 model = build(alpha=0.5)
@@ -447,8 +447,9 @@ print("max |J[:, 0] - central difference| =", finite_difference_max_error)
 ## 2. Matrix-free spectra
 
 The dense Jacobian has (C*T)^2 entries, so it stops at a few thousand input dimensions.
-Here is the same network on signals of length `BIG_LENGTH`; with a small memory budget
-the exact method refuses before doing any work, and the error says what to do instead.
+Here is the same network on signals of length `BIG_LENGTH`. With a small memory budget
+the exact method raises `JacobianTooLargeError` before any forward pass, and the message
+says what to do instead.
 """),
     code("""
 big_model = build(alpha=0.5)
@@ -520,8 +521,8 @@ axis.plot(frame["log10_singular_value"], frame["density"] * bin_width, color="bl
 axis.legend(fontsize="small");
 """),
     md("""
-Now the large model, which has no dense Jacobian here. The same calls work unchanged;
-only the cost grows, linearly in the input size per product.
+Now the large model, without forming its Jacobian. The same calls work unchanged, and
+the cost of each product grows only linearly with the input size.
 """),
     code("""
 big_operator = JacobianOperator(big_model, big_input, dtype=torch.float64)
@@ -547,7 +548,7 @@ profiles = {alpha: depth_profile(build(alpha), inputs[:1]) for alpha in (0.1, 0.
 profiles[0.5].summary.head()
 """),
     code("""
-figure, axis = plt.subplots(figsize=(6, 3.8), layout="constrained")
+figure, axis = plt.subplots(figsize=(7.5, 3.8), layout="constrained")
 for (alpha, profile), colour in zip(profiles.items(), ("C0", "C1", "C2")):
     summary = profile.summary
     axis.plot(summary["block"], summary["log10_max"], color=colour, label=f"alpha = {alpha}: max")
@@ -556,7 +557,7 @@ axis.axhline(0, color="0.6", linewidth=0.8, linestyle=":")
 axis.set_xlabel("block")
 axis.set_ylabel("log10 singular value")
 axis.set_title("largest and smallest singular value after each block")
-axis.legend(fontsize="small", ncol=3);
+axis.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5));
 """),
     md("""
 The last row of a profile is the spectrum of the whole network, so it must match the
@@ -710,6 +711,11 @@ grad_norms.pivot_table(index="block", columns="run", values="value", aggfunc="me
 figure, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
 plot_grad_norm_heatmap(records, run="rezero", ax=axes[0])
 plot_grad_norm_heatmap(records, run="post_norm", ax=axes[1]);
+"""),
+    md("""
+At the default sizes the post-norm gradients fall by about four orders of magnitude from
+the last block to the first, while ReZero's stay within a factor of a few across
+depth. The depth profiles show the same at three steps:
 """),
     code("""
 figure, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
