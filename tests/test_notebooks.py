@@ -36,7 +36,7 @@ def kernel_dirs(tmp_path_factory):
 
 
 def run_notebook(name: str, checked: list[str], kernel_dirs: list[str], monkeypatch) -> dict:
-    """Execute ``name`` at the small size; return the values of the ``checked`` variables."""
+    """Execute ``name`` at the small size and return the values of its ``checked`` variables."""
     monkeypatch.setenv("REZERO_NOTEBOOK_SMALL", "1")
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     names = ", ".join(f"{variable!r}: {variable}" for variable in checked)
