@@ -1,5 +1,6 @@
 """The training step: no host synchronisation, autocast, gradient scaling and torch.compile."""
 
+import functools
 import traceback
 
 import pandas as pd
@@ -7,8 +8,8 @@ import pytest
 import torch
 
 from rezero_dynamics.data import CharCorpus
-from rezero_dynamics.tracking import Every, Tracker
-from rezero_dynamics.training import TrainConfig
+from rezero_dynamics.tracking import Every, Tracker, read_records
+from rezero_dynamics.training import TrainConfig, train
 from rezero_dynamics.training.loop import build_optimizer, build_task
 from rezero_dynamics.training.step import TrainingStep
 
@@ -138,3 +139,17 @@ def test_bf16_autocast_covers_forward_only(corpus):
         assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
     assert losses["bf16"] != losses["fp32"]
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=2e-2)
+
+
+def test_compile_matches_eager(tmp_path, corpus, monkeypatch):
+    # Inductor would spend about 100 s compiling on a 2-core CPU; aot_eager still traces the
+    # model with its tracker hooks through TorchDynamo and AOTAutograd.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    settings = dict(steps=3, eval_every=0, eval_batches=1, checkpoint_every=0, **TINY)
+    train(TrainConfig(**settings), tmp_path / "eager", corpus=corpus)
+    train(TrainConfig(compile=True, **settings), tmp_path / "compiled", corpus=corpus)
+    for quantity in ("loss", "grad_norm", "activation_rms", "alpha", "val_bpc"):
+        eager = read_records(tmp_path / "eager").query("quantity == @quantity").sort_values(["step", "layer"])
+        compiled = read_records(tmp_path / "compiled").query("quantity == @quantity").sort_values(["step", "layer"])
+        assert len(compiled) == len(eager) > 0, quantity
+        assert compiled["value"].tolist() == pytest.approx(eager["value"].tolist(), rel=1e-5), quantity
