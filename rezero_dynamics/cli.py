@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=run_train, interrupted_note="records and the last checkpoint are kept; continue with --resume")
 
     compare_parser = commands.add_parser(
-        "compare", help="train variants x depths x seeds one after another",
+        "compare", help="train variants x depths x seeds, one after another or one run per GPU",
         description="Train every combination; a failed or diverged run is recorded in runs.csv and the others go on.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -264,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce_parser.add_argument("--scale", choices=tuple(SCALES), default="ci", help="ci: minutes on a CPU; small: about an hour; paper: enwik8 on a GPU")
     reproduce_parser.add_argument("--data-path", default=None, help="enwik8 file, for --scale paper")
-    reproduce_parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
+    reproduce_parser.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:K; cuda (or auto) uses every visible GPU, one run per GPU",
+    )
     reproduce_parser.add_argument("--output-dir", type=Path, default=None, help="folder; default runs/reproduce-YYYYmmdd-HHMMSS")
     reproduce_parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     reproduce_parser.set_defaults(handler=run_reproduce, interrupted_note="finished runs and their records are kept")
@@ -290,7 +292,8 @@ _OPTION_HELP = {
     "alpha_lr": "learning rate of the ReZero alphas; default: --lr",
     "alpha_weight_decay": "apply weight decay to the alphas too",
     "clip_norm": "clip the global gradient norm to this value",
-    "device": "auto, cpu, cuda or cuda:K; under torchrun, cuda gives each process the GPU of its LOCAL_RANK",
+    "device": "auto, cpu, cuda or cuda:K (train under torchrun: cuda is the GPU of each process's LOCAL_RANK; "
+              "compare: cuda is every visible GPU)",
     "batch_size": "global batch size, split evenly over the processes of a torchrun run",
     "precision": "fp32, or autocast of the forward pass and loss to bf16 or fp16 (fp16 with a gradient scaler)",
     "compile": "run the model through torch.compile (the first steps take longer while it compiles)",
@@ -501,7 +504,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
     output_dir = _new_folder(args.output_dir or _default_dir("reproduce"))
     report = reproduce(args.scale, output_dir, data_path=args.data_path, device=resolve_device(args.device),
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, devices=compare_devices(args.device, None))
     print(report.read_text())
     print(f"wrote {report}")
     return 0
