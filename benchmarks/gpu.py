@@ -11,9 +11,9 @@ Prints, on the chosen device:
    step (loss, learning rate, per-block gradient norms, alphas and their gradients,
    activation RMS) over the same TrainingStep without a tracker, interleaved rounds;
 4. training throughput: tokens per second of the 12-layer, 512-wide character LM (8
-   heads, d_ff 2048) for post_norm, pre_norm and rezero, with the package's
-   TrainingStep against a minimal hand-written loop (forward, cross-entropy, backward,
-   Adam step) of the same model, each eager and through ``torch.compile``.
+   heads, d_ff 2048) for post_norm, pre_norm and rezero. The package's TrainingStep
+   runs against a minimal hand-written loop of the same model (forward, cross-entropy,
+   backward, Adam step), each eager and through ``torch.compile``.
 
 Compiled measurements that would start after ``--budget`` seconds are skipped and
 marked as such, so the script ends in time even where compiling is slow.
@@ -138,7 +138,7 @@ def package_step(model: CharTransformerLM, device: torch.device, precision: str,
 
 
 def minimal_step(model: CharTransformerLM, device: torch.device, precision: str, compiled: bool, backend: str):
-    """A hand-written loop of the same model: autocast forward and loss, backward, Adam step."""
+    """Build a hand-written training step of the same model: autocast forward and loss, backward, Adam step."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     forward = torch.compile(model, backend=backend) if compiled else model
     dtype = {"bf16": torch.bfloat16, "fp32": None}[precision]

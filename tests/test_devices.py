@@ -50,7 +50,7 @@ def test_compare_devices_rejects_missing_gpu(monkeypatch, tmp_path, capsys):
 def test_run_on_workers_spreads_jobs():
     devices = ["fake:0", "fake:1", "fake:2"]
     running = {device: 0 for device in devices}
-    most_at_once = {device: 0 for device in devices}
+    max_concurrent = {device: 0 for device in devices}
     lock = threading.Lock()
     started = []
 
@@ -58,7 +58,7 @@ def test_run_on_workers_spreads_jobs():
         device = devices[worker]
         with lock:
             running[device] += 1
-            most_at_once[device] = max(most_at_once[device], running[device])
+            max_concurrent[device] = max(max_concurrent[device], running[device])
             started.append(job)
         time.sleep(0.02 if job % 3 else 0.06)  # uneven run lengths
         with lock:
@@ -70,7 +70,7 @@ def test_run_on_workers_spreads_jobs():
     assert sorted(outcomes) == list(range(10))
     assert sorted(started) == list(range(10))  # every job exactly once
     assert all(outcomes[i]["job"] == i for i in range(10))
-    assert most_at_once == {device: 1 for device in devices}
+    assert max_concurrent == {device: 1 for device in devices}
     assert {outcome["device"] for outcome in outcomes.values()} == set(devices)
 
 

@@ -55,7 +55,7 @@ def test_step_makes_no_host_transfer(corpus, monkeypatch, precision, clip_norm):
     generator = torch.Generator().manual_seed(0)
     run_step(0, task.train_batch(generator, torch.device("cpu")))  # creates the optimiser state
     # Adam keeps its step counters on the host (PyTorch 2.13, non-capturable) and reads them
-    # with .item() on every device; that is no device synchronisation, so they are allowed.
+    # with .item() on every device. That is no device synchronisation, so it is allowed.
     host_counters = {id(state["step"]) for state in run_step.optimizer.state.values()}
     calls = []
 

@@ -8,7 +8,7 @@
 same seeded generator and trains on its own contiguous slice of ``batch_size / N``
 samples. After backward, DistributedDataParallel has averaged the gradients, so they
 equal the single-process gradient of the whole batch up to float rounding, and every
-rank holds the same values.
+rank has the same values.
 """
 
 from __future__ import annotations

@@ -320,8 +320,8 @@ def _train(
     elif main and (records_path.exists() or checkpoint_path.exists()):
         raise ValueError(f"{run_dir} already contains a run; resume it (--resume) or choose a new folder")
     if context.rank > 0:
-        # Other dropout masks than rank 0's. NOTE: on ranks > 0 they restart from this
-        # seed at a resume, so only rank 0's masks continue exactly.
+        # Each rank draws its own dropout masks. NOTE: on ranks > 0 they restart from
+        # this seed at a resume, so only rank 0's masks continue exactly.
         torch.manual_seed(hash((config.seed, context.rank, start)) % 2**63)
 
     # Rank 0 records; the other ranks' trackers record nothing and write nothing.
