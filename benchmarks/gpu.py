@@ -194,6 +194,8 @@ def throughput(sizes: Sizes, device: torch.device, precision: str, batches: list
             if compiled and time.perf_counter() - started > budget:
                 cells.append("compiled: skipped (over --budget)")
                 continue
+            if compiled:
+                torch._dynamo.reset()  # each model compiles afresh, never reaching TorchDynamo's recompile limit
             ours = step_seconds(package_step(build_lm(sizes, variant, device), device, precision, None, compiled, backend),
                                 batches, sizes, device, repeats)
             plain = step_seconds(minimal_step(build_lm(sizes, variant, device), device, precision, compiled, backend),
