@@ -153,3 +153,16 @@ def test_compile_matches_eager(tmp_path, corpus, monkeypatch):
         compiled = read_records(tmp_path / "compiled").query("quantity == @quantity").sort_values(["step", "layer"])
         assert len(compiled) == len(eager) > 0, quantity
         assert compiled["value"].tolist() == pytest.approx(eager["value"].tolist(), rel=1e-5), quantity
+
+
+def test_spectra_stay_float64_under_bf16(tmp_path, corpus):
+    settings = dict(variant="pre_norm", steps=1, eval_every=0, eval_batches=1, checkpoint_every=0,
+                    spectrum_every=1, spectrum_inputs=1, spectrum_tokens=4, **TINY)
+    for precision in ("fp32", "bf16"):
+        train(TrainConfig(precision=precision, **settings), tmp_path / precision, corpus=corpus)
+    fp32 = pd.read_csv(tmp_path / "fp32" / "spectra.csv").query("step == 0")
+    bf16 = pd.read_csv(tmp_path / "bf16" / "spectra.csv").query("step == 0")
+    assert len(fp32) == 4 * TINY["d_model"]
+    # Before the first update both runs have the same weights. A float64 spectrum is
+    # identical, while a float32 one taken inside bf16 autocast would differ by about 1e-3.
+    assert bf16["singular_value"].tolist() == fp32["singular_value"].tolist()
