@@ -134,6 +134,20 @@ def resolve_device(name: str) -> str:
     raise CommandError(f"--device {name}: invalid device; use auto, cpu, cuda or cuda:K")
 
 
+def compare_devices(device: str, devices: Sequence[str] | None) -> list[str]:
+    """Return the devices that ``compare`` spreads its runs over, one worker process each.
+
+    ``devices`` is checked and used as given. Otherwise ``device`` (after ``auto``) names
+    them: ``cuda`` means every visible GPU, and any other device runs alone.
+    """
+    if devices:
+        return [resolve_device(name) for name in devices]
+    resolved = resolve_device(device)
+    if resolved == "cuda" and torch.cuda.device_count() > 1:
+        return [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    return [resolved]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="rezero-dynamics",
@@ -222,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=run_train, interrupted_note="records and the last checkpoint are kept; continue with --resume")
 
     compare_parser = commands.add_parser(
-        "compare", help="train variants x depths x seeds one after another",
+        "compare", help="train variants x depths x seeds, one after another or one run per GPU",
         description="Train every combination; a failed or diverged run is recorded in runs.csv and the others go on.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -230,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser.add_argument("--variants", type=_comma_list(str, VARIANTS), default="post_norm,pre_norm,rezero", help="comma-separated variants")
     compare_parser.add_argument("--depths", type=_comma_list(_positive_int), default="12", help="comma-separated depths")
     compare_parser.add_argument("--seeds", type=_comma_list(int), default="0", help="comma-separated seeds")
+    compare_parser.add_argument(
+        "--devices", type=_comma_list(str), default=None,
+        help="comma-separated devices, one worker process and one run at a time each (e.g. cuda:0,cuda:1); "
+             "default: every visible GPU for --device cuda or auto, else --device alone",
+    )
     compare_parser.add_argument("--target", type=_finite_float, default=None, help="validation metric value for steps-to-target")
     compare_parser.add_argument("--output-dir", type=Path, default=None, help="folder; default runs/compare-YYYYmmdd-HHMMSS")
     compare_parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -245,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce_parser.add_argument("--scale", choices=tuple(SCALES), default="ci", help="ci: minutes on a CPU; small: about an hour; paper: enwik8 on a GPU")
     reproduce_parser.add_argument("--data-path", default=None, help="enwik8 file, for --scale paper")
-    reproduce_parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
+    reproduce_parser.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:K; cuda (or auto) uses every visible GPU, one run per GPU",
+    )
     reproduce_parser.add_argument("--output-dir", type=Path, default=None, help="folder; default runs/reproduce-YYYYmmdd-HHMMSS")
     reproduce_parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     reproduce_parser.set_defaults(handler=run_reproduce, interrupted_note="finished runs and their records are kept")
@@ -275,7 +296,11 @@ _OPTION_HELP = {
     "alpha_lr": "learning rate of the ReZero alphas; default: --lr",
     "alpha_weight_decay": "apply weight decay to the alphas too",
     "clip_norm": "clip the global gradient norm to this value",
-    "device": "auto, cpu, cuda or cuda:K",
+    "device": "auto, cpu, cuda or cuda:K (train under torchrun: cuda is the GPU of each process's LOCAL_RANK; "
+              "compare: cuda is every visible GPU)",
+    "batch_size": "global batch size, split evenly over the processes of a torchrun run",
+    "precision": "fp32, or autocast of the forward pass and loss to bf16 or fp16 (fp16 with a gradient scaler)",
+    "compile": "run the model through torch.compile (the first steps take longer while it compiles)",
 }
 
 
@@ -436,6 +461,7 @@ def _new_folder(output_dir: Path) -> Path:
 
 def run_train(args: argparse.Namespace) -> int:
     from .training import train as train_run
+    from .training.distributed import Distributed, torchrun_environment
 
     config = _train_config(args)
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:  # checked before training, not after
@@ -445,10 +471,15 @@ def run_train(args: argparse.Namespace) -> int:
             raise CommandError("--resume needs --output-dir: the run folder to continue")
         if not (args.output_dir / "checkpoint.pt").is_file():
             raise CommandError(f"--resume: no checkpoint.pt in {args.output_dir}; pass the folder of an earlier run")
+    context = torchrun_environment() or Distributed()
+    if context.enabled and args.output_dir is None:
+        raise CommandError("under torchrun, pass --output-dir: every process must write to the same run folder")
     output_dir = args.output_dir or _default_dir("train")
-    if not args.resume:
+    if not args.resume and context.is_main:  # rank 0 may have written to it before another rank looks
         _new_folder(output_dir)
-    result = train_run(config, output_dir, resume=args.resume, progress=not args.no_progress)
+    result = train_run(config, output_dir, resume=args.resume, progress=not args.no_progress and context.is_main)
+    if not context.is_main:
+        return 0 if result.status == "completed" else EXIT_DIVERGED
     if args.tensorboard:
         from .tracking.export import export_tensorboard
 
@@ -463,7 +494,7 @@ def run_compare(args: argparse.Namespace) -> int:
     base = _train_config(args, variant=args.variants[0], depth=args.depths[0], seed=args.seeds[0])
     output_dir = _new_folder(args.output_dir or _default_dir("compare"))
     runs = compare(base, output_dir, variants=args.variants, depths=args.depths, seeds=args.seeds,
-                   target=args.target, progress=not args.no_progress)
+                   target=args.target, progress=not args.no_progress, devices=compare_devices(args.device, args.devices))
     print(runs[["run", "status", "step", "final_loss_bits", "final_metric", "steps_to_target"]].to_string(index=False))
     print(f"wrote {output_dir / 'runs.csv'}")
     return 0
@@ -477,7 +508,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
     output_dir = _new_folder(args.output_dir or _default_dir("reproduce"))
     report = reproduce(args.scale, output_dir, data_path=args.data_path, device=resolve_device(args.device),
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, devices=compare_devices(args.device, None))
     print(report.read_text())
     print(f"wrote {report}")
     return 0
