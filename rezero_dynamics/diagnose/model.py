@@ -15,8 +15,9 @@ Measured on given inputs, with the model in eval mode on a float64 copy of its s
   per block fitted the same way.
 
 ``exact`` forms the dense Jacobian; ``probes`` estimates chi and m2 with Rademacher
-probes (Hutchinson), the near-zero fraction from stochastic Lanczos quadrature and the
-depth profile by pushing the probes through the blocks.
+probes (Hutchinson), the near-zero fraction from stochastic Lanczos quadrature (with a
+quarter of the probes, at least 2) and the depth profile by pushing the probes through
+the blocks.
 """
 
 from __future__ import annotations
@@ -188,7 +189,8 @@ def _probe_statistics(model, inputs, dtype, probes, seed):
         errors.append(moments.chi_stderr)
         spreads.append(moments.m2 / moments.chi**2 - 1)
         largest = extreme_singular_values(operator, 1, seed=seed).values[0]
-        density = spectral_density(operator, probes=probes, seed=seed)
+        # SLQ needs fewer probes than the moments: it only locates the mass below the cut.
+        density = spectral_density(operator, probes=max(2, probes // 4), seed=seed)
         cut = math.log10(largest * limit("near_zero_relative")) if largest > 0 else -math.inf
         below = density.grid < cut
         mass = float(trapezoid(density.density[below], density.grid[below])) if below.sum() > 1 else 0.0

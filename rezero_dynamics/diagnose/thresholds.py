@@ -41,8 +41,8 @@ _TABLE: tuple[Threshold, ...] = (
     Threshold("chi_growth_per_block_low", 0.98, "warning", "chi growth per block < value"),
     Threshold("spread_high", 1.0, "warning", "spread > value"),
     Threshold("near_zero_relative", 1e-3, "setting", "s counts as near zero when s < value * max(s)"),
-    Threshold("near_zero_fraction", 0.01, "warning", "near-zero fraction > value"),
-    Threshold("near_zero_fraction_critical", 0.1, "critical", "near-zero fraction > value"),
+    Threshold("near_zero_fraction", 0.05, "warning", "near-zero fraction > value"),
+    Threshold("near_zero_fraction_critical", 0.25, "critical", "near-zero fraction > value"),
     Threshold("activation_rms_ratio_high", 10.0, "warning", "RMS after the last block / RMS into the first > value"),
     Threshold("activation_rms_ratio_low", 0.1, "warning", "RMS after the last block / RMS into the first < value"),
     # Run folders.
