@@ -292,3 +292,30 @@ def test_cli_unknown_target(capsys):
     status, _, err = run(["diagnose", "no-such-thing"], capsys)
     assert status == 2
     assert "is not a model name (transformer, mlp), a FILE.py:FUNCTION or an existing run folder" in err
+
+
+def test_plot_diagnosis_frame_and_axes(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")  # tests render off-screen
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    from rezero_dynamics.plots import plot_diagnosis
+
+    target = toolkit_target(SpectrumConfig(model="mlp", variants=("none",), depths=(4,), width=8, activation="linear"))
+    diagnosis = diagnose_model(target.model, target.inputs, theory=target.theory)
+    write_run(tmp_path / "run", "r", first_grad=0.5)
+    frame = diagnosis_frame([diagnosis, *diagnose_folder(tmp_path / "run")])
+    assert list(dict.fromkeys(frame["quantity"])) == ["log10_chi", "log10_activation_rms", "log10_grad_norm_ratio"]
+    theory = frame[frame["source"] == "theory"]
+    np.testing.assert_allclose(theory["value"], np.arange(5) * math.log10(diagnosis.theory.chi_per_block))
+    ratio = frame[frame["quantity"] == "log10_grad_norm_ratio"]["value"]
+    np.testing.assert_allclose(ratio, math.log10(0.5))
+    figure, axes = plt.subplots(1, 3)
+    assert plot_diagnosis(frame, ax=axes) is figure
+    assert [a.get_xlabel() for a in axes] == ["block", "block", "step"]
+    assert isinstance(plot_diagnosis(frame), Figure)
+    with pytest.raises(ValueError, match="missing column"):
+        plot_diagnosis(frame.drop(columns="x_name"))
+    plt.close("all")

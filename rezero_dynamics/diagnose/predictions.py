@@ -47,7 +47,7 @@ class TheoryPrediction:
 def identity_prediction() -> TheoryPrediction:
     """ReZero at alpha = 0: the network is the identity map."""
     return TheoryPrediction(
-        "ReZero at alpha = 0 (identity map)", 1.0, 0.0, 1.0, 0.0, 1.0, "exact at any width",
+        "ReZero at alpha = 0 (identity map)", 1.0, 0.0, 1.0, 0.0, 1.0, "any width (exact)",
     )
 
 
@@ -62,7 +62,7 @@ def predict_mlp(
         if init == "orthogonal":
             return TheoryPrediction(
                 "deep linear network, orthogonal weights", sigma_w2**depth, 0.0, sigma_w2, 0.0, None,
-                "exact at any width",
+                "any width (exact)",
             )
         m2 = fuss_catalan_moment(2, depth, sigma_w2)
         return TheoryPrediction(
@@ -74,7 +74,7 @@ def predict_mlp(
         return TheoryPrediction(
             f"deep tanh network, {init} weights (mean field, q* = {moments['q_star']:.4g})", moments["m1"],
             moments["m2_over_m1_squared"] - 1, moments["chi"], None, 1.0,
-            "large width, inputs at the fixed point q* (--inputs fixed_point)",
+            "large width and inputs at the fixed point q*, as --inputs fixed_point makes them",
         )
     if variant == "rezero" and activation == "linear" and init == "gaussian":
         m1, m2, _ = residual_linear_moments(alpha_init * sigma_w, depth)

@@ -92,7 +92,7 @@ def _model_lines(d: ModelDiagnosis) -> list[str]:
     for name, measured, predicted in rows:
         lines.append(f"{name:<28} {measured:<36} {_number(predicted) if predicted is not None else '-'}")
     if d.theory:
-        lines.append(f"theory: {d.theory.regime} ({d.theory.assumption})")
+        lines.append(f"theory: {d.theory.regime}; assumes {d.theory.assumption}")
     else:
         lines.append("theory: no prediction covers this model")
     return lines

@@ -30,7 +30,7 @@ def _fmt(value: float) -> str:
 
 
 def chi_findings(subject: str, chi: float, growth: float | None) -> list[Finding]:
-    """Exploding or vanishing gradients from chi and its growth per block (None: no profile)."""
+    """Flag exploding or vanishing gradients from chi and its growth per block (None: no profile)."""
     found = []
     per_block = f" and grows {growth:.3f}x per block" if growth is not None else ""
     if chi > limit("chi_exploding") or (growth is not None and growth > limit("chi_growth_per_block_high")):
@@ -63,7 +63,7 @@ def chi_findings(subject: str, chi: float, growth: float | None) -> list[Finding
 
 
 def spread_findings(subject: str, spread: float) -> list[Finding]:
-    """A wide spectrum: spread = m2 / chi^2 - 1, the variance of s^2 over chi^2."""
+    """Flag a wide spectrum: spread = m2 / chi^2 - 1, the variance of s^2 over chi^2."""
     if not spread > limit("spread_high"):
         return []
     return [crossed(
@@ -77,7 +77,7 @@ def spread_findings(subject: str, spread: float) -> list[Finding]:
 def near_zero_findings(
     subject: str, count: float, size: int, num_zeros: float, architecture: Architecture
 ) -> list[Finding]:
-    """Vanishing directions: singular values below ``near_zero_relative`` times the largest."""
+    """Flag vanishing directions: singular values below ``near_zero_relative`` times the largest."""
     fraction = count / size
     if fraction > limit("near_zero_fraction_critical"):
         rule = "near_zero_fraction_critical"
@@ -107,7 +107,7 @@ def near_zero_findings(
 
 
 def activation_findings(subject: str, ratio: float, growth: float) -> list[Finding]:
-    """Activation RMS after the last block relative to the RMS that enters the first block."""
+    """Flag activation RMS after the last block far from the RMS that enters the first block."""
     if not math.isfinite(ratio):
         return []
     tail = (
@@ -131,7 +131,7 @@ def activation_findings(subject: str, ratio: float, growth: float) -> list[Findi
 
 
 def is_isometric(chi: float, spread: float, near_zero_count: float) -> bool:
-    """Whether a spectrum counts as isometric: chi near 1, narrow, no near-zero values."""
+    """Return whether a spectrum counts as isometric: chi near 1, narrow, no near-zero values."""
     return (
         abs(chi - 1) <= limit("isometry_chi_tolerance")
         and spread <= limit("isometry_spread_tolerance")

@@ -62,7 +62,7 @@ def _tail(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def alpha_findings(run: str, records: pd.DataFrame) -> tuple[pd.DataFrame, list[Finding], list[str]]:
-    """Alphas that stayed near 0 or went negative over the tail, per layer."""
+    """Flag alphas that stayed near 0 or went negative over the tail, per layer."""
     rows = records[records["quantity"] == "alpha"]
     if rows.empty:
         return pd.DataFrame(columns=["layer", "tail_mean", "tail_min", "tail_max_abs", "last"]), [], []
@@ -97,7 +97,7 @@ def alpha_findings(run: str, records: pd.DataFrame) -> tuple[pd.DataFrame, list[
 
 
 def grad_ratio_findings(run: str, records: pd.DataFrame) -> tuple[pd.DataFrame, list[Finding], list[str]]:
-    """Gradient norm of the first block over the last block, per step, and its tail median."""
+    """Compute the gradient norm of the first block over the last block per step; flag its tail median."""
     rows = records[(records["quantity"] == "grad_norm") & records["layer"].astype(str).str.isdigit()]
     if rows.empty:
         return pd.DataFrame(columns=["step", "ratio"]), [], ["no per-block gradient norms were recorded"]
@@ -134,7 +134,7 @@ def grad_ratio_findings(run: str, records: pd.DataFrame) -> tuple[pd.DataFrame, 
 
 
 def loss_findings(run: str, records: pd.DataFrame) -> list[Finding]:
-    """Loss spikes: a loss above ``loss_spike_factor`` times the median of the previous window."""
+    """Flag loss spikes: a loss above ``loss_spike_factor`` times the median of the previous window."""
     loss = records[(records["quantity"] == "loss")].sort_values("step")
     values = loss["value"].to_numpy(dtype=float)
     window = int(limit("loss_spike_window"))
@@ -158,7 +158,7 @@ def loss_findings(run: str, records: pd.DataFrame) -> list[Finding]:
 
 
 def status_findings(run: str, status: dict | None) -> list[Finding]:
-    """A diverged or failed run, from its ``status.json``."""
+    """Flag a diverged or failed run from its ``status.json``."""
     if status is None or status.get("status") not in ("diverged", "failed"):
         return []
     cause = status.get("cause") or "no cause recorded"
@@ -173,7 +173,7 @@ def status_findings(run: str, status: dict | None) -> list[Finding]:
 
 
 def spectra_statistics(spectra: pd.DataFrame) -> pd.DataFrame:
-    """chi, spread and near-zero counts per recorded step, averaged over probe samples."""
+    """Compute chi, spread and near-zero counts per recorded step, averaged over probe samples."""
     relative = limit("near_zero_relative")
     rows = []
     for (step, sample), group in spectra.groupby(["step", "sample"]):

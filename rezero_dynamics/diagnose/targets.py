@@ -52,8 +52,10 @@ def toolkit_target(config: SpectrumConfig, inputs: str = "auto") -> Target:
         raise TargetError(f"unknown inputs {inputs!r}; choose one of {', '.join(INPUT_KINDS)}")
     variant, depth = config.variants[0], config.depths[0]
     tanh_plain = config.model == "mlp" and config.activation == "tanh" and variant == "none"
-    if inputs == "auto":
-        inputs = "text" if config.model == "transformer" else ("fixed_point" if tanh_plain else "gaussian")
+    if inputs == "auto" and config.model == "transformer":
+        inputs = "text"
+    elif inputs == "auto":
+        inputs = "fixed_point" if tanh_plain else "gaussian"
     if inputs == "fixed_point" and not tanh_plain:
         raise TargetError(
             "--inputs fixed_point needs --model mlp --activation tanh --variant none (the tanh mean-field "
