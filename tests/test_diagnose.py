@@ -19,6 +19,8 @@ from rezero_dynamics.diagnose import (
     limit,
     toolkit_target,
 )
+from rezero_dynamics.diagnose.rules import Architecture
+from rezero_dynamics.diagnose.runs import architecture_from_config
 from rezero_dynamics.spectra import jacobian_spectrum
 from rezero_dynamics.spectra.depth_profile import depth_profile
 from rezero_dynamics.studies import SpectrumConfig
@@ -196,6 +198,9 @@ def test_real_run_spectra_checked(tmp_path):
     last = spectra[spectra["step"] == 4]["singular_value"].to_numpy()
     assert diagnosis.spectra["chi"].iloc[-1] == pytest.approx(float(np.mean(last**2)))
     assert diagnosis.spectra["near_zero_count"].iloc[-1] == (last < 1e-3 * last.max()).sum()
+    settings = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert architecture_from_config(settings) == Architecture(12, 12, 4)  # 2 sublayers x 6, 4 probe tokens
+    assert architecture_from_config({**settings, "variant": "rezero"}) == Architecture()
 
 
 # -- command line ----------------------------------------------------------------------------

@@ -192,7 +192,18 @@ def spectra_statistics(spectra: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def spectra_findings(run: str, spectra: pd.DataFrame) -> tuple[pd.DataFrame, list[Finding]]:
+def architecture_from_config(config: dict) -> Architecture:
+    """Describe the recorded model's normalisation from a run's ``config.json`` settings."""
+    if config.get("variant") != "post_norm" or (config.get("task") != "lm" and config.get("norm") == "batch"):
+        return Architecture()  # BatchNorm in eval mode is affine and removes no direction
+    if config.get("task") == "lm":  # two sublayers per layer; the probe has spectrum_tokens tokens
+        return Architecture(2 * config["depth"], 2 * config["depth"], config.get("spectrum_tokens", 0))
+    return Architecture(config["depth"], config["depth"], 1)  # one LayerNorm per block on (B, width) inputs
+
+
+def spectra_findings(
+    run: str, spectra: pd.DataFrame, architecture: Architecture = Architecture()
+) -> tuple[pd.DataFrame, list[Finding]]:
     """Apply the model rules to the last recorded spectrum; messages give the first step's value."""
     table = spectra_statistics(spectra)
     first, last = table.iloc[0], table.iloc[-1]
@@ -200,7 +211,7 @@ def spectra_findings(run: str, spectra: pd.DataFrame) -> tuple[pd.DataFrame, lis
     found = [
         *chi_findings(subject, float(last["chi"]), None),
         *spread_findings(subject, float(last["spread"])),
-        *near_zero_findings(subject, float(last["near_zero_count"]), int(last["size"]), float(last["num_zeros"]), Architecture()),
+        *near_zero_findings(subject, float(last["near_zero_count"]), int(last["size"]), float(last["num_zeros"]), architecture),
     ]
     since = (
         f" (at step {int(first['step'])}: chi {first['chi']:.3g}, spread {first['spread']:.3g}, "
@@ -228,7 +239,9 @@ def diagnose_run(run_dir: str | Path) -> RunDiagnosis:
     spectra = pd.DataFrame(columns=["step", "chi", "spread", "near_zero_fraction"])
     spectra_path = run_dir / SPECTRA_FILE
     if spectra_path.is_file() and spectra_path.stat().st_size > 0:
-        spectra, spectra_found = spectra_findings(run, pd.read_csv(spectra_path))
+        config_path = run_dir / "config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        spectra, spectra_found = spectra_findings(run, pd.read_csv(spectra_path), architecture_from_config(config))
         found += spectra_found
     else:
         notes.append(f"no {SPECTRA_FILE} (train with --spectrum-every N to record Jacobian spectra)")

@@ -48,7 +48,7 @@ _TABLE: tuple[Threshold, ...] = (
     # Run folders.
     Threshold("tail_fraction", 0.25, "setting", "the last part of training is this share of the recorded steps"),
     Threshold("alpha_near_zero", 1e-3, "warning", "max |alpha| over the tail < value"),
-    Threshold("alpha_negative", -1e-3, "warning", "mean alpha over the tail < value"),
+    Threshold("alpha_negative", -1e-3, "info", "mean alpha over the tail < value"),
     Threshold("grad_ratio_vanishing", 1e-2, "warning", "median grad norm first / last block over the tail < value"),
     Threshold("grad_ratio_vanishing_critical", 1e-4, "critical", "median grad norm first / last block over the tail < value"),
     Threshold("grad_ratio_exploding", 1e2, "warning", "median grad norm first / last block over the tail > value"),
