@@ -119,13 +119,14 @@ def _forward_trace(model, blocks, inputs, dtype) -> tuple[torch.Tensor | None, n
     handles = []
     if blocks:
         def before_first(module, args):
-            if captured["input"] is None:
+            if captured["input"] is None and args and isinstance(args[0], torch.Tensor):
                 captured["input"] = args[0].detach()
 
         handles.append(blocks[0].register_forward_pre_hook(before_first))
         for index, block in enumerate(blocks, start=1):
             def after(module, args, output, index=index):
-                captured["rms"].setdefault(index, output.detach().square().mean().sqrt())
+                if isinstance(output, torch.Tensor):  # blocks that return tuples get no RMS
+                    captured["rms"].setdefault(index, output.detach().square().mean().sqrt())
 
             handles.append(block.register_forward_hook(after))
     try:
@@ -141,7 +142,8 @@ def _forward_trace(model, blocks, inputs, dtype) -> tuple[torch.Tensor | None, n
         )
     first = captured["input"]
     rms = [float(first.square().mean().sqrt())] if first is not None else []
-    rms += [float(captured["rms"][i]) for i in sorted(captured["rms"])]
+    if blocks and len(captured["rms"]) == len(blocks):  # else some block returned no tensor
+        rms += [float(captured["rms"][i]) for i in sorted(captured["rms"])]
     return first, np.array(rms), output.shape[1:]
 
 
@@ -273,9 +275,10 @@ def diagnose_model(
     growth = _growth_per_block(chi_profile) if chi_profile is not None else None
     rms_growth = _growth_per_block(rms) if len(rms) > 1 else None
     rms_ratio = float(rms[-1] / rms[0]) if len(rms) > 1 and rms[0] > 0 else math.nan
-    profile = pd.DataFrame({"block": np.arange(len(rms))})
-    profile["chi"] = chi_profile if chi_profile is not None and len(chi_profile) == len(rms) else np.nan
-    profile["activation_rms"] = rms if len(rms) else np.nan
+    length = len(chi_profile) if chi_profile is not None else len(rms)
+    profile = pd.DataFrame({"block": np.arange(length)})
+    profile["chi"] = chi_profile if chi_profile is not None else np.nan
+    profile["activation_rms"] = rms if len(rms) == length else np.nan
 
     architecture = describe_architecture(model, in_size)
     subject = "model"
