@@ -255,6 +255,9 @@ def example():
 
 def not_a_model():
     return 42
+
+def token_model():
+    return nn.Sequential(nn.Embedding(10, 6), nn.Linear(6, 6))
 """
 
 
@@ -278,6 +281,7 @@ def test_cli_user_model(tmp_path, capsys):
         (USER_MODEL, "not_a_model", ["--input-shape", "6"], "returned int, not a torch.nn.Module; return the model"),
         (USER_MODEL, "build", ["--input-shape", "16,64"], "failed on one sample of shape (16, 64)"),
         (USER_MODEL, "missing", ["--input-shape", "6"], "has no function 'missing'; define it"),
+        (USER_MODEL, "token_model", ["--input-shape", "6"], "return the part after the embedding (e.g. model.encoder)"),
         (USER_MODEL, "build", [], "give exactly one of --input-shape"),
     ],
 )

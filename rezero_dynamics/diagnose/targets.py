@@ -175,10 +175,17 @@ def user_target(
         with torch.no_grad(), analysis_call(model, "eval", torch.float64) as call:
             call(inputs[:1].double())
     except Exception as error:
+        if any(isinstance(m, nn.Embedding) for m in model.modules()):
+            fix = (
+                "the model contains an nn.Embedding, which takes token ids, and a Jacobian needs "
+                "floating-point inputs: return the part after the embedding (e.g. model.encoder) and "
+                "give its input shape"
+            )
+        else:
+            fix = "pass the shape of one sample without the batch dimension, as the model's forward expects it"
         raise TargetError(
             f"{path}: {function}() model failed on one sample of shape {tuple(inputs.shape[1:])} from {described} "
-            f"({type(error).__name__}: {_one_line(error)}); pass the shape of one sample without the batch "
-            f"dimension, as the model's forward expects it"
+            f"({type(error).__name__}: {_one_line(error)}); {fix}"
         ) from None
     return Target(f"{spec}", model, inputs, None)
 
