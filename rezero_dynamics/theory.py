@@ -220,6 +220,22 @@ def tanh_jacobian_moments(sigma_w2: float, sigma_b2: float, depth: int, *, weigh
             "m2_over_m1_squared": ratio}
 
 
+def tanh_critical_sigma_w2(sigma_b2: float) -> float:
+    """The sigma_w2 at which chi = sigma_w2 E[tanh'(sqrt(q*) z)^2] equals 1 for bias variance ``sigma_b2``.
+
+    This is the mean-field order-to-chaos transition that ``tanh_jacobian_moments``
+    assumes: below it chi < 1 and gradients vanish with depth, above it they explode.
+    At sigma_b2 = 0 it is 1 (q* = 0); at sigma_b2 = 0.05 it is 1.76095.
+    """
+    from scipy.optimize import brentq
+
+    if not (math.isfinite(sigma_b2) and sigma_b2 >= 0):
+        raise ValueError(f"sigma_b2 must be a finite number >= 0, got {sigma_b2!r}")
+    if sigma_b2 == 0:
+        return 1.0
+    return float(brentq(lambda w2: tanh_jacobian_moments(w2, sigma_b2, 1)["chi"] - 1, 1.0, 100.0, xtol=1e-12))
+
+
 # -- overlays ----------------------------------------------------------------------------------
 
 

@@ -1,7 +1,9 @@
-"""Compare variants: train every (variant, depth, seed) one after another.
+"""Compare variants: train every (variant, depth, seed), one after another or one per GPU.
 
 A run that fails or diverges is recorded in ``runs.csv`` with its cause, and the others
-go on. Each run writes its own folder under ``runs/``.
+go on. Each run writes its own folder under ``runs/``. Given several devices, runs are
+independent jobs: each device gets its own worker process, which takes the next
+waiting run whenever it finishes one.
 """
 
 from __future__ import annotations
@@ -9,7 +11,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+import multiprocessing
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -62,6 +68,7 @@ def compare(
     target: float | None = None,
     progress: bool = False,
     overrides: dict[str, dict] | None = None,
+    devices: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Train every combination of ``variants`` x ``depths`` x ``seeds`` from ``base``.
 
@@ -73,30 +80,123 @@ def compare(
     Runs and rows are named by the label. ``target`` is the validation metric value whose first
     crossing is reported as ``steps_to_target``. Returns the runs table, also written to
     ``output_dir/runs.csv`` after every run, so an interrupted comparison keeps the rows
-    of the runs it finished.
+    of the runs it finished. The table follows the order of the combinations.
+
+    ``devices`` (e.g. ``["cuda:0", "cuda:1"]``) runs one worker process per device, each
+    training one run at a time on its device. None, or a single device, trains in this
+    process on ``base.device`` (or that device), one run after another.
     """
     output_dir = Path(output_dir)
     (output_dir / "runs").mkdir(parents=True, exist_ok=True)
     metric = "val_bpc" if base.task == "lm" else "val_accuracy"
     lower_is_better = base.task == "lm"
-    jobs = [(v, d, s) for d in depths for v in variants for s in seeds]
-    rows = []
-    for variant, depth, seed in tqdm(jobs, desc="runs", disable=not progress):
-        name = run_name(variant, depth, seed)
-        settings = {"variant": variant, "depth": depth, "seed": seed, **(overrides or {}).get(variant, {})}
-        config = dataclasses.replace(base, **settings)
-        run_dir = output_dir / "runs" / name
-        row = {"run": name, "variant": variant, "depth": depth, "seed": seed, "metric": metric}
-        try:
-            result = train(config, run_dir, run_name=name, progress=False)
-            row.update(status=result.status, step=result.step, cause=result.cause)
-        except Exception as error:  # one broken run must not stop the comparison
-            log.error("run %s failed: %s: %s", name, type(error).__name__, error)
-            row.update(status="failed", step=-1, cause=f"{type(error).__name__}: {error}")
+    jobs = []
+    labels = []  # the entry of ``variants`` that each job came from
+    for depth in depths:
+        for variant in variants:
+            for seed in seeds:
+                name = run_name(variant, depth, seed)
+                settings = {"variant": variant, "depth": depth, "seed": seed, **(overrides or {}).get(variant, {})}
+                jobs.append((name, dataclasses.replace(base, **settings), output_dir / "runs" / name))
+                labels.append(variant)
+    devices = list(devices or [])
+    if len(devices) == 1:
+        jobs = [(name, dataclasses.replace(config, device=devices[0]), run_dir) for name, config, run_dir in jobs]
+
+    rows: dict[int, dict] = {}
+    bar = tqdm(total=len(jobs), desc="runs", disable=not progress)
+
+    def finished(index: int, outcome: dict) -> None:
+        name, config, run_dir = jobs[index]
+        row = {"run": name, "variant": labels[index], "depth": config.depth, "seed": config.seed, "metric": metric}
+        row.update(outcome)
         row.update(summarise_run(run_dir, target, lower_is_better, metric))
-        rows.append(row)
-        _write_runs(output_dir, rows)
-    return pd.DataFrame(rows)
+        rows[index] = row
+        _write_runs(output_dir, [rows[i] for i in sorted(rows)])
+        bar.update()
+
+    # One single-process pool per device ("spawn": CUDA cannot be used in a forked child).
+    context = multiprocessing.get_context("spawn")
+    workers = [ProcessPoolExecutor(1, mp_context=context) for _ in devices] if len(devices) > 1 else []
+
+    def run_in_worker(index: int, worker: int) -> dict:
+        name, config, run_dir = jobs[index]
+        config = dataclasses.replace(config, device=devices[worker])
+        return workers[worker].submit(train_job, name, config, run_dir).result()
+
+    try:
+        if workers:
+            run_on_workers(range(len(jobs)), len(workers), run_in_worker, finished)
+        else:
+            for index, job in enumerate(jobs):
+                finished(index, train_job(*job))
+    finally:
+        bar.close()
+        for worker in workers:
+            worker.shutdown(wait=True, cancel_futures=True)
+    return pd.DataFrame([rows[i] for i in sorted(rows)])
+
+
+def train_job(name: str, config: TrainConfig, run_dir: Path) -> dict:
+    """Train one run and return its status, last step and cause; a failure is returned, not raised."""
+    try:
+        result = train(config, run_dir, run_name=name, progress=False)
+        return {"status": result.status, "step": result.step, "cause": result.cause}
+    except Exception as error:  # one broken run must not stop the comparison
+        log.error("run %s failed: %s: %s", name, type(error).__name__, error)
+        return {"status": "failed", "step": -1, "cause": f"{type(error).__name__}: {error}"}
+
+
+def run_on_workers(
+    jobs: Sequence,
+    workers: int,
+    run: Callable[[object, int], dict],
+    finished: Callable[[int, dict], None],
+) -> None:
+    """Run every job once on one of ``workers`` workers, each worker taking the next waiting job.
+
+    ``run(job, worker)`` runs one job on worker ``worker`` (0 ... workers-1, one job at a
+    time each, from its own thread) and returns its outcome. ``finished(index, outcome)``
+    is called in the calling thread, in order of completion. An exception in ``run``
+    stops the waiting jobs and is raised here after the running ones end.
+    """
+    waiting: queue.SimpleQueue = queue.SimpleQueue()
+    for index, job in enumerate(jobs):
+        waiting.put((index, job))
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def feed(worker: int) -> None:
+        while not stop.is_set():
+            try:
+                index, job = waiting.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                done.put((index, run(job, worker), None))
+            except BaseException as error:  # reported to the calling thread
+                stop.set()
+                done.put((index, None, error))
+        done.put(None)
+
+    threads = [threading.Thread(target=feed, args=(worker,), daemon=True) for worker in range(workers)]
+    for thread in threads:
+        thread.start()
+    error: BaseException | None = None
+    try:
+        remaining = len(threads)
+        while remaining:
+            item = done.get()
+            if item is None:
+                remaining -= 1
+            elif item[2] is not None:
+                error = error or item[2]
+            else:
+                finished(item[0], item[1])
+    finally:
+        stop.set()
+    if error is not None:
+        raise error
 
 
 def _write_runs(output_dir: Path, rows: list[dict]) -> None:

@@ -64,6 +64,7 @@ class SpectrumConfig:
     activation: str = "tanh"
     init: str = "gaussian"
     sigma_w: float = 1.0
+    sigma_b: float = 0.0
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float64"
@@ -108,6 +109,8 @@ class SpectrumConfig:
             )
         if not math.isfinite(self.alpha_init) or not math.isfinite(self.sigma_w):
             raise ValueError(f"alpha_init and sigma_w must be finite, got {self.alpha_init} and {self.sigma_w}")
+        if not (math.isfinite(self.sigma_b) and self.sigma_b >= 0):
+            raise ValueError(f"sigma_b must be a finite number >= 0, got {self.sigma_b}")
         if self.memory_budget <= 0:
             raise ValueError(f"memory_budget must be positive, got {self.memory_budget} bytes")
         return self
@@ -132,7 +135,7 @@ def build_stack(config: SpectrumConfig, variant: str, depth: int) -> nn.Module:
         )
     return DeepMLP(
         config.width, depth, activation=config.activation, variant=variant, init=config.init,
-        sigma_w=config.sigma_w, alpha_init=config.alpha_init,
+        sigma_w=config.sigma_w, sigma_b=config.sigma_b, alpha_init=config.alpha_init,
     ).stack
 
 
