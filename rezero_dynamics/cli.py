@@ -119,22 +119,25 @@ def _comma_list(item: Callable[[str], object], choices: Sequence[str] | None = N
     return parse
 
 
-def resolve_device(name: str) -> str:
-    """Map ``auto`` to ``cuda`` when a GPU is visible, else ``cpu``; check CUDA devices exist."""
+def resolve_device(name: str, option: str = "--device") -> str:
+    """Map ``auto`` to ``cuda`` when a GPU is visible, else ``cpu``; check CUDA devices exist.
+
+    ``option`` names the command-line option in error messages.
+    """
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return name
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise CommandError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-        index = name.partition(":")[2]
-        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            raise CommandError(
-                f"--device {name}: no such GPU; this machine has {torch.cuda.device_count()} (cuda:0 ...)"
-            )
-        return name
-    raise CommandError(f"--device {name}: invalid device; use auto, cpu, cuda or cuda:K")
+    index = name.partition(":")[2]
+    if name != "cuda" and not (name.startswith("cuda:") and index.isdigit()):
+        raise CommandError(f"{option} {name}: invalid device; use auto, cpu, cuda or cuda:K with K = 0, 1, ...")
+    if not torch.cuda.is_available():
+        raise CommandError(f"{option} {name}: CUDA is not available on this machine; use cpu")
+    if index and int(index) >= torch.cuda.device_count():
+        raise CommandError(
+            f"{option} {name}: no such GPU; this machine has {torch.cuda.device_count()} (cuda:0 ...)"
+        )
+    return name
 
 
 def compare_devices(device: str, devices: Sequence[str] | None) -> list[str]:
@@ -144,7 +147,7 @@ def compare_devices(device: str, devices: Sequence[str] | None) -> list[str]:
     them: ``cuda`` means every visible GPU, and any other device runs alone.
     """
     if devices:
-        return [resolve_device(name) for name in devices]
+        return [resolve_device(name, "--devices") for name in devices]
     resolved = resolve_device(device)
     if resolved == "cuda" and torch.cuda.device_count() > 1:
         return [f"cuda:{index}" for index in range(torch.cuda.device_count())]

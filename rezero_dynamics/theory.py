@@ -29,6 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import brentq
 
 # -- one Gaussian matrix ------------------------------------------------------------------
 
@@ -184,16 +185,28 @@ def _gauss_hermite() -> tuple[np.ndarray, np.ndarray]:
     return points, weights / math.sqrt(2 * math.pi)  # E over a standard normal z
 
 
-def tanh_fixed_point(sigma_w2: float, sigma_b2: float, *, iterations: int = 500) -> float:
-    """q*: the fixed point of q = sigma_w2 E[tanh(sqrt(q) z)^2] + sigma_b2, z ~ N(0, 1)."""
+def tanh_fixed_point(sigma_w2: float, sigma_b2: float) -> float:
+    """q*: the stable fixed point of q = sigma_w2 E[tanh(sqrt(q) z)^2] + sigma_b2, z ~ N(0, 1).
+
+    Found by Brent's method on [0, sigma_w2 + sigma_b2], where the map minus q changes sign
+    once. With sigma_b2 = 0 and sigma_w2 <= 1 the only fixed point is q* = 0; iterating the
+    map would approach it only like 1 / (2 n) at sigma_w2 = 1.
+    """
     points, weights = _gauss_hermite()
-    q = 1.0
-    for _ in range(iterations):
-        q_next = sigma_w2 * float(weights @ np.tanh(math.sqrt(q) * points) ** 2) + sigma_b2
-        if abs(q_next - q) < 1e-14:
-            return q_next
-        q = q_next
-    return q
+
+    def excess(q: float) -> float:
+        return sigma_w2 * float(weights @ np.tanh(math.sqrt(q) * points) ** 2) + sigma_b2 - q
+
+    upper = sigma_w2 + sigma_b2
+    if sigma_b2 == 0:
+        if sigma_w2 <= 1:
+            return 0.0
+        # q = 0 is an unstable fixed point here; the stable one lies above where excess > 0.
+        lower = 1e-12
+        if excess(lower) <= 0:  # sigma_w2 within about 1e-12 of 1: critical to working precision
+            return 0.0
+        return brentq(excess, lower, upper, xtol=1e-15, rtol=4 * np.finfo(float).eps)
+    return brentq(excess, 0.0, upper, xtol=1e-15, rtol=4 * np.finfo(float).eps)
 
 
 def tanh_jacobian_moments(sigma_w2: float, sigma_b2: float, depth: int, *, weights: str = "gaussian") -> dict:
@@ -227,8 +240,6 @@ def tanh_critical_sigma_w2(sigma_b2: float) -> float:
     assumes: below it chi < 1 and gradients vanish with depth, above it they explode.
     At sigma_b2 = 0 it is 1 (q* = 0); at sigma_b2 = 0.05 it is 1.76095.
     """
-    from scipy.optimize import brentq
-
     if not (math.isfinite(sigma_b2) and sigma_b2 >= 0):
         raise ValueError(f"sigma_b2 must be a finite number >= 0, got {sigma_b2!r}")
     if sigma_b2 == 0:
@@ -262,8 +273,8 @@ def residual_linear_overlay(alpha: float, depth: int, points: int = 2000) -> pd.
     holds for large width and many layers with small alpha. At t = 1 and L = 64 its m_2 is 3% above the
     finite-depth value, and shallower networks differ more.
     """
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+    if not (math.isfinite(alpha) and alpha != 0):
+        raise ValueError(f"alpha must be a finite nonzero number (only alpha^2 matters), got {alpha!r}")
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth!r}")
     lambdas, density = free_multiplicative_brownian_density(alpha**2 * depth, points)

@@ -231,3 +231,8 @@ def test_spectrum_residual_theory_overlay(tmp_path, capsys):
     status, _, err = run([*options, "--alpha-init", "1.0", "--output-dir", str(tmp_path / "far")], capsys)
     assert status == 2
     assert "at alpha=1 and depth 16 its mean squared singular value is off by" in err
+    status, _, err = run([*options, "--alpha-init", "-0.2", "--output-dir", str(tmp_path / "negative")], capsys)
+    assert status == 0, err
+    status, _, err = run([*options, "--alpha-init", "0", "--output-dir", str(tmp_path / "zero")], capsys)
+    assert status == 2
+    assert "at alpha = 0 the network is the identity map" in err

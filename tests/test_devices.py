@@ -41,7 +41,7 @@ def test_compare_devices_rejects_missing_gpu(monkeypatch, tmp_path, capsys):
     status, _, err = run(["compare", *TINY, "--steps", "2", "--devices", "cuda:0,cuda:2",
                           "--output-dir", str(tmp_path / "c")], capsys)
     assert status == 2
-    assert "--device cuda:2: no such GPU; this machine has 2" in err
+    assert "--devices cuda:2: no such GPU; this machine has 2" in err
     status, _, err = run(["compare", *TINY, "--devices", "cuda:0,cuda:0", "--output-dir", str(tmp_path / "c")], capsys)
     assert status == 2
     assert "repeated value(s) cuda:0" in err
@@ -122,3 +122,14 @@ def test_fp16_run_keeps_scaler_in_checkpoint(tmp_path, capsys):
     state = torch.load(output / "checkpoint.pt", weights_only=True)
     assert state["scaler"]["scale"] > 0
     assert state["config"]["precision"] == "fp16"
+
+
+def test_device_errors_name_the_option():
+    from rezero_dynamics.cli import CommandError, compare_devices, resolve_device
+
+    with pytest.raises(CommandError, match=r"^--devices foo: invalid device; use auto, cpu, cuda or cuda:K"):
+        compare_devices("cpu", ["foo"])
+    with pytest.raises(CommandError, match=r"^--devices cuda:-1: invalid device"):
+        compare_devices("cpu", ["cuda:-1"])
+    with pytest.raises(CommandError, match=r"^--device tpu: invalid device"):
+        resolve_device("tpu")

@@ -103,7 +103,15 @@ def two_process_runs(tmp_path_factory):
     finally:
         loop.save_checkpoint = original_save
 
-    mp.start_processes(worker, args=(2, free_port(), folder), nprocs=2, join=True, start_method="spawn")
+    # The port is chosen before the workers start, so another process on the machine may
+    # take it first. Such a failure happens in init_process_group, before any file is written.
+    for attempt in range(3):
+        try:
+            mp.start_processes(worker, args=(2, free_port(), folder), nprocs=2, join=True, start_method="spawn")
+            break
+        except mp.ProcessRaisedException as error:
+            if attempt == 2 or "address already in use" not in str(error).lower():
+                raise
     return folder, corpus
 
 

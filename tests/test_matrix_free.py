@@ -157,3 +157,33 @@ def test_probe_moments_converge_like_inverse_sqrt():
         assert m2_mean == pytest.approx(exact_m2, rel=0.05)
     # 16 times more probes: the root-mean-square error shrinks about 4 times.
     assert errors[4] / errors[64] == pytest.approx(4.0, rel=0.35)
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3, 4, 5, 7])
+def test_block_factorization_stays_orthonormal(block_size):
+    """A full-size factorisation of a map with a 5-fold singular value keeps V^T V = I."""
+    from rezero_dynamics.spectra.matrix_free import GolubKahan
+
+    values = np.array([3.0] * 5 + list(np.linspace(2.0, 0.1, 25)))
+    operator, _ = known_spectrum_operator(values, seed=1)
+    factorization = GolubKahan(operator, torch.Generator().manual_seed(0), block_size)
+    factorization.extend(30)
+    right = factorization.right
+    assert torch.linalg.matrix_norm(right.T @ right - torch.eye(30, dtype=torch.float64)) < 1e-12
+    ritz_values, _ = factorization.ritz()
+    np.testing.assert_allclose(ritz_values.numpy(), np.sort(values)[::-1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_default_block_finds_repeated_values(which):
+    """k copies of one singular value come back k times with the default block size."""
+    values = np.linspace(0.5, 2.0, 300)
+    if which == "largest":
+        values[-4:] = 3.0
+    else:
+        values[:4] = 1e-3
+    operator, _ = known_spectrum_operator(values, seed=2)
+    result = extreme_singular_values(operator, 4, which=which)
+    expected = 3.0 if which == "largest" else 1e-3
+    np.testing.assert_allclose(result.values, np.full(4, expected), rtol=1e-8)
+    assert result.converged

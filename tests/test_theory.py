@@ -123,3 +123,14 @@ def test_residual_overlay_matches_measured_quantiles():
     overlay = theory.residual_linear_overlay(alpha, depth)
     integral = np.trapezoid(overlay["density"], overlay["log10_singular_value"])
     assert integral == pytest.approx(1.0, rel=5e-3)
+
+
+def test_tanh_fixed_point_at_and_near_criticality():
+    assert theory.tanh_fixed_point(1.0, 0.0) == 0.0
+    assert theory.tanh_jacobian_moments(1.0, 0.0, 32)["chi"] == 1.0
+    for sigma_w2, sigma_b2 in ((1.5, 0.0), (1.2, 0.01), (4.0, 0.5)):
+        q_star = theory.tanh_fixed_point(sigma_w2, sigma_b2)
+        points, weights = np.polynomial.hermite_e.hermegauss(201)
+        mapped = sigma_w2 * (weights / math.sqrt(2 * math.pi)) @ np.tanh(math.sqrt(q_star) * points) ** 2 + sigma_b2
+        assert q_star > 0
+        assert mapped == pytest.approx(q_star, rel=1e-12)

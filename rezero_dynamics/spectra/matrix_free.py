@@ -231,8 +231,10 @@ def _orthonormal_block(
     """Orthonormalise ``block`` (s, b) against ``basis`` (s, d) and within itself.
 
     Returns (Q, C, R) with ``block = basis @ C + Q @ R``: Q (s, b) orthonormal and
-    orthogonal to ``basis``, C (d, b), R (b, b). Classical Gram-Schmidt runs twice. A
-    column left with a norm below 1e-13 * ``scale`` (an invariant subspace: the identity
+    orthogonal to ``basis``, C (d, b), R (b, b). Classical Gram-Schmidt runs twice, then
+    QR. Where the block is nearly dependent on ``basis`` or within itself, QR divides
+    rounding errors by a small diagonal of R, so Q is projected and factorised once more.
+    A column left with a norm below 1e-13 * ``scale`` (an invariant subspace: the identity
     or the zero map) is replaced by a fresh random direction orthogonal to everything
     else, so the Krylov space keeps growing. Its row of R then contains the tiny remainder.
     """
@@ -242,6 +244,9 @@ def _orthonormal_block(
     block = block - basis @ correction
     coefficients = coefficients + correction
     q, r = torch.linalg.qr(block)
+    q = q - basis @ (basis.T @ q)
+    q, refined = torch.linalg.qr(q)
+    r = refined @ r
     deficient = r.diagonal().abs() <= 1e-13 * scale
     if bool(deficient.any()):
         keep = q[:, ~deficient]
@@ -397,10 +402,11 @@ def extreme_singular_values(
     ``tol`` (relative to the largest singular value) or ``max_steps`` block steps
     (default: until the space spans min(m, n) dimensions) are reached. Its absolute
     accuracy is about eps * max(s), also for the smallest values. ``block_size``
-    vectors go through J and J^T together in each step; the default, max(k, 16) for
-    ``largest`` and 1 for ``smallest``, suits dense layers, where a product with 16
-    vectors costs about as much as one with a single vector. The smallest values
-    converge in fewer products with single vectors.
+    vectors go through J and J^T together in each step. A Krylov method finds a
+    repeated singular value at most ``block_size`` times (more copies appear only
+    through rounding), so the block holds at least k vectors: the default is
+    max(k, 16) for ``largest``, which suits dense layers, where a product with 16
+    vectors costs about as much as one with a single vector, and k for ``smallest``.
 
     NOTE: the torch path is written for any device but has run on CPU only so far.
 
@@ -420,7 +426,7 @@ def extreme_singular_values(
     if not (math.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be a positive number, got {tol!r}")
     if block_size is None:
-        block_size = max(k, 16) if which == "largest" else 1
+        block_size = max(k, 16) if which == "largest" else k
     elif isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):

@@ -273,14 +273,19 @@ def theory_overlays(config: SpectrumConfig) -> dict[int, pd.DataFrame]:
         return {depth: fuss_catalan_overlay(depth, sigma2=config.sigma_w**2) for depth in config.depths}
     if linear_gaussian and variants in (("residual",), ("rezero",)):
         alpha = config.sigma_w * (config.alpha_init if variants == ("rezero",) else 1.0)
+        if alpha == 0:
+            raise ValueError(
+                "at alpha = 0 the network is the identity map: every singular value is 1, so there is "
+                "no density to draw; use a nonzero --alpha-init (rezero) or --sigma-w (residual)"
+            )
         for depth in config.depths:
             # The limit's m_1 = e^t against the exact (1 + alpha^2)^L: apart by L alpha^4 / 2 in log.
-            gap = abs(depth * math.log1p(alpha**2) - depth * alpha**2) if alpha > 0 else math.inf
+            gap = abs(depth * math.log1p(alpha**2) - depth * alpha**2)
             if gap > 0.05:
                 raise ValueError(
                     f"the residual-network theory curve needs alpha^2 small and depth large; at alpha={alpha:g} "
                     f"and depth {depth} its mean squared singular value is off by {math.expm1(gap):.0%}. "
-                    "Use a smaller --sigma-w (residual) or --alpha-init (rezero), between 0 and about 0.3"
+                    "Use a smaller --sigma-w (residual) or --alpha-init (rezero), below about 0.3 in size"
                 )
         return {depth: residual_linear_overlay(alpha, depth) for depth in config.depths}
     raise ValueError(
