@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from rezero_dynamics.diagnose import (
     limit,
     toolkit_target,
 )
-from rezero_dynamics.diagnose.rules import Architecture
+from rezero_dynamics.diagnose.rules import Architecture, activation_findings
 from rezero_dynamics.diagnose.runs import architecture_from_config
 from rezero_dynamics.spectra import jacobian_spectrum
 from rezero_dynamics.spectra.depth_profile import depth_profile
@@ -328,3 +329,63 @@ def test_plot_diagnosis_frame_and_axes(tmp_path):
     with pytest.raises(ValueError, match="missing column"):
         plot_diagnosis(frame.drop(columns="x_name"))
     plt.close("all")
+
+
+# -- edge cases ------------------------------------------------------------------------------
+
+
+def conv_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3, padding=1))
+
+
+def test_probes_non_square_counts_no_structural_zeros():
+    # J is (50, 75): J^T J has 25 zero eigenvalues that are no singular values of J.
+    model, inputs = conv_model(), torch.randn(1, 3, 5, 5, generator=torch.Generator().manual_seed(1))
+    exact = diagnose_model(model, inputs, method="exact")
+    probes = diagnose_model(model, inputs, method="probes")
+    assert probes.size == exact.size == 50
+    values = jacobian_spectrum(model, inputs, dtype=torch.float64).singular_values[0]
+    assert exact.near_zero_count == int((values < 1e-3 * values[0]).sum())
+    assert abs(probes.near_zero_count - exact.near_zero_count) < 0.05 * 50
+    assert abs(probes.num_zeros - exact.num_zeros) < 0.05 * 50
+    assert "vanishing_directions" not in names(probes)
+
+
+def test_probes_and_exact_agree_on_size_changing_blocks():
+    model, inputs = conv_model(), torch.randn(1, 3, 5, 5)
+    for method in ("exact", "probes"):
+        diagnosis = diagnose_model(model, inputs, method=method)
+        assert diagnosis.chi_growth_per_block is None, method
+        assert any("block 1 maps 75 to 100 dimensions" in note for note in diagnosis.notes), method
+
+
+@pytest.mark.parametrize("method", ["exact", "probes"])
+def test_zero_map_all_directions_vanish(method):
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    torch.nn.init.zeros_(model[1].weight)
+    torch.nn.init.zeros_(model[1].bias)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero or invalid-value warnings
+        diagnosis = diagnose_model(model, torch.randn(2, 8), method=method)
+    assert diagnosis.chi == 0
+    assert diagnosis.near_zero_count == diagnosis.size == 8
+    assert diagnosis.num_zeros == 8
+    vanishing = next(f for f in diagnosis.findings if f.name == "vanishing_directions")
+    assert vanishing.measured == 1
+    assert vanishing.severity == "critical"
+    for finding in diagnosis.findings:
+        assert "nan" not in finding.message, finding.message
+
+
+def test_activation_advice_follows_variant():
+    plain = toolkit_target(SpectrumConfig(model="mlp", variants=("none",), depths=(4,), width=8, activation="linear", sigma_w=2.0))
+    diagnosis = diagnose_model(plain.model, plain.inputs)
+    growing = next(f for f in diagnosis.findings if f.name == "activations_growing")
+    assert "without skip connections" in growing.message
+    assert "residual sums" not in growing.message
+    (residual,) = activation_findings("model", 20.0, 1.2, Architecture(variant="pre_norm"))
+    assert "residual sums accumulate" in residual.message
+    (unknown,) = activation_findings("model", 20.0, 1.2)
+    assert "with skip connections" in unknown.message
+    assert "without them" in unknown.message
