@@ -259,6 +259,13 @@ def not_a_model():
 
 def token_model():
     return nn.Sequential(nn.Embedding(10, 6), nn.Linear(6, 6))
+
+class Pair(nn.Module):
+    def forward(self, x):
+        return x, 2 * x
+
+def pair():
+    return Pair()
 """
 
 
@@ -284,6 +291,7 @@ def test_cli_user_model(tmp_path, capsys):
         (USER_MODEL, "missing", ["--input-shape", "6"], "has no function 'missing'; define it"),
         (USER_MODEL, "token_model", ["--input-shape", "6"], "return the part after the embedding (e.g. model.encoder)"),
         (USER_MODEL, "build", [], "give exactly one of --input-shape"),
+        (USER_MODEL, "pair", ["--input-shape", "6"], ":pair: the model returned tuple, not a tensor; a Jacobian needs"),
     ],
 )
 def test_cli_user_model_errors(tmp_path, capsys, source, function, extra, expected):
@@ -376,6 +384,13 @@ def test_zero_map_all_directions_vanish(method):
     assert vanishing.severity == "critical"
     for finding in diagnosis.findings:
         assert "nan" not in finding.message, finding.message
+
+
+def test_fixed_point_error_names_diagnose_options(capsys):
+    status, _, err = run(["diagnose", "mlp", "--inputs", "fixed_point"], capsys)
+    assert status == 2
+    assert "--model" not in err
+    assert "diagnose mlp --activation tanh --variant none" in err
 
 
 def test_activation_advice_follows_variant():
