@@ -17,7 +17,9 @@ from rezero_dynamics.diagnose import (
     diagnose_folder,
     diagnose_model,
     diagnosis_frame,
+    format_report,
     limit,
+    to_dict,
     toolkit_target,
 )
 from rezero_dynamics.diagnose.rules import Architecture, activation_findings
@@ -194,6 +196,9 @@ def test_real_run_spectra_checked(tmp_path):
     train(config, tmp_path / "run", corpus=corpus)
     (diagnosis,) = diagnose_folder(tmp_path / "run")
     assert diagnosis.status == "completed"
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert diagnosis.step == status["step"]
+    assert f"status: completed at step {status['step']}\n" in format_report(diagnosis)
     assert list(diagnosis.spectra["step"]) == [0, 2, 4]
     spectra = pd.read_csv(tmp_path / "run" / "spectra.csv")
     last = spectra[spectra["step"] == 4]["singular_value"].to_numpy()
@@ -234,6 +239,15 @@ def test_cli_plot(tmp_path, capsys):
     assert status == 0, err
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"wrote {path}" in out
+    assert "(stderr, 2 inputs)" in out  # the error bar names what it covers
+
+
+def test_cli_plot_without_suffix_prints_file(tmp_path, capsys):
+    status, out, err = run(["diagnose", "mlp", "--depth", "2", "--width", "4", "--plot", str(tmp_path / "t1")], capsys)
+    assert status == 0, err
+    assert (tmp_path / "t1.png").is_file()
+    assert not (tmp_path / "t1").exists()
+    assert f"wrote {tmp_path / 't1.png'}\n" in out
 
 
 def test_cli_run_folder(tmp_path, capsys):
@@ -393,6 +407,29 @@ def test_fixed_point_error_names_diagnose_options(capsys):
     assert "diagnose mlp --activation tanh --variant none" in err
 
 
+def test_run_status_step_from_status_file(tmp_path):
+    write_run(tmp_path / "run", "r", status="diverged", steps=6)  # records steps 0 to 5
+    (tmp_path / "run" / "status.json").write_text(json.dumps({"status": "diverged", "step": 6, "cause": "loss is nan"}))
+    (diagnosis,) = diagnose_folder(tmp_path / "run")
+    assert diagnosis.step == 6
+    assert diagnosis.last_step == 5
+    assert "status: diverged at step 6\n" in format_report(diagnosis)
+    assert to_dict(diagnosis)["step"] == 6
+
+
+def test_run_one_finding_for_negative_alphas(tmp_path):
+    alphas = {f"blocks.{i}.gate.alpha": -0.01 * (i + 1) for i in range(10)}
+    write_run(tmp_path / "run", "r", alphas=alphas)
+    (diagnosis,) = diagnose_folder(tmp_path / "run")
+    (negative,) = [f for f in diagnosis.findings if f.name == "alpha_negative"]
+    assert negative.subject == "r 10 alphas"
+    for name in alphas:
+        assert f"{name} " in negative.message
+    assert negative.measured == pytest.approx(diagnosis.alphas["tail_mean"].min())
+    report = to_dict(diagnosis)
+    assert sorted(row["layer"] for row in report["alphas"]) == sorted(alphas)
+
+
 def test_activation_advice_follows_variant():
     plain = toolkit_target(SpectrumConfig(model="mlp", variants=("none",), depths=(4,), width=8, activation="linear", sigma_w=2.0))
     diagnosis = diagnose_model(plain.model, plain.inputs)
@@ -404,3 +441,17 @@ def test_activation_advice_follows_variant():
     (unknown,) = activation_findings("model", 20.0, 1.2)
     assert "with skip connections" in unknown.message
     assert "without them" in unknown.message
+
+
+def test_cli_closed_pipe_exits_quietly():
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", "import sys; from rezero_dynamics.cli import main; sys.exit(main())",
+               "diagnose", "transformer", "--depth", "2", *SMALL_CLI, "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader leaves before the first write, as head does after its lines
+    err = process.stderr.read().decode()
+    assert process.wait() == 141, err
+    assert "Traceback" not in err
+    assert "BrokenPipeError" not in err
