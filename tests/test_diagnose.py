@@ -455,3 +455,9 @@ def test_cli_closed_pipe_exits_quietly():
     assert process.wait() == 141, err
     assert "Traceback" not in err
     assert "BrokenPipeError" not in err
+
+
+def test_docs_have_no_stray_indented_lines():
+    text = (Path(__file__).parents[1] / "docs" / "diagnose.md").read_text()
+    stray = [line for line in text.splitlines() if line.startswith(" ") and not line.startswith("  ")]
+    assert stray == []
