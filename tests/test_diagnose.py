@@ -21,6 +21,7 @@ from rezero_dynamics.diagnose import (
     limit,
     to_dict,
     toolkit_target,
+    user_target,
 )
 from rezero_dynamics.diagnose.rules import Architecture, activation_findings
 from rezero_dynamics.diagnose.runs import architecture_from_config
@@ -461,3 +462,14 @@ def test_docs_have_no_stray_indented_lines():
     text = (Path(__file__).parents[1] / "docs" / "diagnose.md").read_text()
     stray = [line for line in text.splitlines() if line.startswith(" ") and not line.startswith("  ")]
     assert stray == []
+
+
+def test_user_model_init_follows_seed(tmp_path):
+    file = tmp_path / "user_model.py"
+    file.write_text(USER_MODEL)
+    first = user_target(f"{file}:build", input_shape=(6,), seed=3).model.state_dict()
+    again = user_target(f"{file}:build", input_shape=(6,), seed=3).model.state_dict()
+    other = user_target(f"{file}:build", input_shape=(6,), seed=4).model.state_dict()
+    for name, value in first.items():
+        assert torch.equal(value, again[name]), name
+    assert not torch.equal(first["0.0.weight"], other["0.0.weight"])

@@ -144,12 +144,16 @@ def user_target(
     returns an ``nn.Module``) with inputs of ``input_shape`` (per sample; N(0, 1)) or from
     ``example_input`` (``FILE.py:FUNCTION`` returning a floating tensor (B, *in_shape)).
 
-    The model is run once on one input sample to check the shape.
+    The factory runs with torch's CPU generator seeded by ``seed``, so its random
+    initialisation repeats from run to run. The model is run once on one input sample to
+    check the shape.
     """
     factory = load_function(spec)
     path, function = _split_spec(spec)
     try:
-        model = factory()
+        with torch.random.fork_rng(devices=[]):  # --seed sets the initialisation without touching the caller's RNG
+            torch.default_generator.manual_seed(seed)
+            model = factory()
     except Exception as error:
         raise TargetError(f"{path}: {function}() raised {type(error).__name__}: {_one_line(error)}; fix the factory") from None
     if not isinstance(model, nn.Module):
