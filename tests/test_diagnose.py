@@ -389,9 +389,11 @@ def test_zero_map_all_directions_vanish(method):
     torch.nn.init.zeros_(model[1].weight)
     torch.nn.init.zeros_(model[1].bias)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no divide-by-zero or invalid-value warnings
+        warnings.simplefilter("error", RuntimeWarning)  # numpy: divide by zero, invalid value
         diagnosis = diagnose_model(model, torch.randn(2, 8), method=method)
+        frame = diagnosis_frame([diagnosis])
     assert diagnosis.chi == 0
+    assert np.isneginf(frame[frame["quantity"] == "log10_chi"]["value"].iloc[-1])
     assert diagnosis.near_zero_count == diagnosis.size == 8
     assert diagnosis.num_zeros == 8
     vanishing = next(f for f in diagnosis.findings if f.name == "vanishing_directions")

@@ -136,7 +136,8 @@ def diagnosis_frame(diagnoses: list[Diagnosis]) -> pd.DataFrame:
 
     Models give log10_chi and log10_activation_rms against block (source ``measured``,
     and ``theory`` for chi where a prediction exists). Runs give log10_grad_norm_ratio
-    and log10_jacobian_chi against step.
+    and log10_jacobian_chi against step. A value of 0 (a zero map) gives -inf, which
+    plots draw nothing for.
     """
     frames = []
     for d in diagnoses:
@@ -145,8 +146,10 @@ def diagnosis_frame(diagnoses: list[Diagnosis]) -> pd.DataFrame:
             for quantity, column in (("log10_chi", "chi"), ("log10_activation_rms", "activation_rms")):
                 values = d.profile[column].to_numpy(dtype=float)
                 if np.isfinite(values).any():
+                    with np.errstate(divide="ignore"):
+                        logs = np.log10(values)
                     frames.append(pd.DataFrame({"target": d.target, "quantity": quantity, "x_name": "block",
-                                                "x": blocks, "value": np.log10(values), "source": "measured"}))
+                                                "x": blocks, "value": logs, "source": "measured"}))
             if d.theory is not None and np.isfinite(d.profile["chi"].to_numpy(dtype=float)).any():
                 frames.append(pd.DataFrame({"target": d.target, "quantity": "log10_chi", "x_name": "block", "x": blocks,
                                             "value": blocks * math.log10(d.theory.chi_per_block), "source": "theory"}))
