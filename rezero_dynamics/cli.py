@@ -55,6 +55,7 @@ log = logging.getLogger("rezero_dynamics")
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: stdout was closed by its reader
 EXIT_DIVERGED = 3
 
 
@@ -655,9 +656,11 @@ def run_diagnose(args: argparse.Namespace) -> int:
 
         from .plots import plot_diagnosis
 
+        # savefig appends .png to a path without a suffix; append it here so the printed path is the file.
+        plot_path = args.plot if args.plot.suffix else args.plot.with_name(args.plot.name + ".png")
         figure = plot_diagnosis(diagnosis_frame(diagnoses))
         try:
-            figure.savefig(args.plot, dpi=120)
+            figure.savefig(plot_path, dpi=120)
         except (OSError, ValueError) as error:
             raise CommandError(f"--plot {args.plot}: cannot be written ({error}); choose a writable .png, .pdf or .svg path") from None
         finally:
@@ -667,7 +670,7 @@ def run_diagnose(args: argparse.Namespace) -> int:
     else:
         print("\n\n".join(format_report(d) for d in diagnoses))
         if args.plot is not None:
-            print(f"wrote {args.plot}")
+            print(f"wrote {plot_path}")
     return 0
 
 
@@ -675,14 +678,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the exit status.
 
     0 success, 2 invalid input, 3 a training run diverged, 130 interrupted (Ctrl-C),
-    143 terminated (SIGTERM).
+    141 stdout closed early (a pipe into ``head``; what a shell reports for a writer
+    killed by SIGPIPE), 143 terminated (SIGTERM).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # so that a closed pipe raises here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # The reader went away: send the rest to devnull, so the exit flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (CommandError, ValueError, FileNotFoundError) as error:
         print(f"rezero-dynamics {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

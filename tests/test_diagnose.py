@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,13 @@ from rezero_dynamics.diagnose import (
     diagnose_folder,
     diagnose_model,
     diagnosis_frame,
+    format_report,
     limit,
+    to_dict,
     toolkit_target,
+    user_target,
 )
-from rezero_dynamics.diagnose.rules import Architecture
+from rezero_dynamics.diagnose.rules import Architecture, activation_findings
 from rezero_dynamics.diagnose.runs import architecture_from_config
 from rezero_dynamics.spectra import jacobian_spectrum
 from rezero_dynamics.spectra.depth_profile import depth_profile
@@ -193,6 +197,9 @@ def test_real_run_spectra_checked(tmp_path):
     train(config, tmp_path / "run", corpus=corpus)
     (diagnosis,) = diagnose_folder(tmp_path / "run")
     assert diagnosis.status == "completed"
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert diagnosis.step == status["step"]
+    assert f"status: completed at step {status['step']}\n" in format_report(diagnosis)
     assert list(diagnosis.spectra["step"]) == [0, 2, 4]
     spectra = pd.read_csv(tmp_path / "run" / "spectra.csv")
     last = spectra[spectra["step"] == 4]["singular_value"].to_numpy()
@@ -233,6 +240,15 @@ def test_cli_plot(tmp_path, capsys):
     assert status == 0, err
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"wrote {path}" in out
+    assert "(stderr, 2 inputs)" in out  # the error bar names what it covers
+
+
+def test_cli_plot_without_suffix_prints_file(tmp_path, capsys):
+    status, out, err = run(["diagnose", "mlp", "--depth", "2", "--width", "4", "--plot", str(tmp_path / "t1")], capsys)
+    assert status == 0, err
+    assert (tmp_path / "t1.png").is_file()
+    assert not (tmp_path / "t1").exists()
+    assert f"wrote {tmp_path / 't1.png'}\n" in out
 
 
 def test_cli_run_folder(tmp_path, capsys):
@@ -258,6 +274,13 @@ def not_a_model():
 
 def token_model():
     return nn.Sequential(nn.Embedding(10, 6), nn.Linear(6, 6))
+
+class Pair(nn.Module):
+    def forward(self, x):
+        return x, 2 * x
+
+def pair():
+    return Pair()
 """
 
 
@@ -283,6 +306,7 @@ def test_cli_user_model(tmp_path, capsys):
         (USER_MODEL, "missing", ["--input-shape", "6"], "has no function 'missing'; define it"),
         (USER_MODEL, "token_model", ["--input-shape", "6"], "return the part after the embedding (e.g. model.encoder)"),
         (USER_MODEL, "build", [], "give exactly one of --input-shape"),
+        (USER_MODEL, "pair", ["--input-shape", "6"], ":pair: the model returned tuple, not a tensor; a Jacobian needs"),
     ],
 )
 def test_cli_user_model_errors(tmp_path, capsys, source, function, extra, expected):
@@ -328,3 +352,126 @@ def test_plot_diagnosis_frame_and_axes(tmp_path):
     with pytest.raises(ValueError, match="missing column"):
         plot_diagnosis(frame.drop(columns="x_name"))
     plt.close("all")
+
+
+# -- edge cases ------------------------------------------------------------------------------
+
+
+def conv_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3, padding=1))
+
+
+def test_probes_non_square_counts_no_structural_zeros():
+    # J is (50, 75): J^T J has 25 zero eigenvalues that are no singular values of J.
+    model, inputs = conv_model(), torch.randn(1, 3, 5, 5, generator=torch.Generator().manual_seed(1))
+    exact = diagnose_model(model, inputs, method="exact")
+    probes = diagnose_model(model, inputs, method="probes")
+    assert probes.size == exact.size == 50
+    values = jacobian_spectrum(model, inputs, dtype=torch.float64).singular_values[0]
+    assert exact.near_zero_count == int((values < 1e-3 * values[0]).sum())
+    assert abs(probes.near_zero_count - exact.near_zero_count) < 0.05 * 50
+    assert abs(probes.num_zeros - exact.num_zeros) < 0.05 * 50
+    assert "vanishing_directions" not in names(probes)
+
+
+def test_probes_and_exact_agree_on_size_changing_blocks():
+    model, inputs = conv_model(), torch.randn(1, 3, 5, 5)
+    for method in ("exact", "probes"):
+        diagnosis = diagnose_model(model, inputs, method=method)
+        assert diagnosis.chi_growth_per_block is None, method
+        assert any("block 1 maps 75 to 100 dimensions" in note for note in diagnosis.notes), method
+
+
+@pytest.mark.parametrize("method", ["exact", "probes"])
+def test_zero_map_all_directions_vanish(method):
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    torch.nn.init.zeros_(model[1].weight)
+    torch.nn.init.zeros_(model[1].bias)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy: divide by zero, invalid value
+        diagnosis = diagnose_model(model, torch.randn(2, 8), method=method)
+        frame = diagnosis_frame([diagnosis])
+    assert diagnosis.chi == 0
+    assert np.isneginf(frame[frame["quantity"] == "log10_chi"]["value"].iloc[-1])
+    assert diagnosis.near_zero_count == diagnosis.size == 8
+    assert diagnosis.num_zeros == 8
+    vanishing = next(f for f in diagnosis.findings if f.name == "vanishing_directions")
+    assert vanishing.measured == 1
+    assert vanishing.severity == "critical"
+    for finding in diagnosis.findings:
+        assert "nan" not in finding.message, finding.message
+
+
+def test_fixed_point_error_names_diagnose_options(capsys):
+    status, _, err = run(["diagnose", "mlp", "--inputs", "fixed_point"], capsys)
+    assert status == 2
+    assert "--model" not in err
+    assert "diagnose mlp --activation tanh --variant none" in err
+
+
+def test_run_status_step_from_status_file(tmp_path):
+    write_run(tmp_path / "run", "r", status="diverged", steps=6)  # records steps 0 to 5
+    (tmp_path / "run" / "status.json").write_text(json.dumps({"status": "diverged", "step": 6, "cause": "loss is nan"}))
+    (diagnosis,) = diagnose_folder(tmp_path / "run")
+    assert diagnosis.step == 6
+    assert diagnosis.last_step == 5
+    assert "status: diverged at step 6\n" in format_report(diagnosis)
+    assert to_dict(diagnosis)["step"] == 6
+
+
+def test_run_one_finding_for_negative_alphas(tmp_path):
+    alphas = {f"blocks.{i}.gate.alpha": -0.01 * (i + 1) for i in range(10)}
+    write_run(tmp_path / "run", "r", alphas=alphas)
+    (diagnosis,) = diagnose_folder(tmp_path / "run")
+    (negative,) = [f for f in diagnosis.findings if f.name == "alpha_negative"]
+    assert negative.subject == "r 10 alphas"
+    for name in alphas:
+        assert f"{name} " in negative.message
+    assert negative.measured == pytest.approx(diagnosis.alphas["tail_mean"].min())
+    report = to_dict(diagnosis)
+    assert sorted(row["layer"] for row in report["alphas"]) == sorted(alphas)
+
+
+def test_activation_advice_follows_variant():
+    plain = toolkit_target(SpectrumConfig(model="mlp", variants=("none",), depths=(4,), width=8, activation="linear", sigma_w=2.0))
+    diagnosis = diagnose_model(plain.model, plain.inputs)
+    growing = next(f for f in diagnosis.findings if f.name == "activations_growing")
+    assert "without skip connections" in growing.message
+    assert "residual sums" not in growing.message
+    (residual,) = activation_findings("model", 20.0, 1.2, Architecture(variant="pre_norm"))
+    assert "residual sums accumulate" in residual.message
+    (unknown,) = activation_findings("model", 20.0, 1.2)
+    assert "with skip connections" in unknown.message
+    assert "without them" in unknown.message
+
+
+def test_cli_closed_pipe_exits_quietly():
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", "import sys; from rezero_dynamics.cli import main; sys.exit(main())",
+               "diagnose", "transformer", "--depth", "2", *SMALL_CLI, "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader leaves before the first write, as head does after its lines
+    err = process.stderr.read().decode()
+    assert process.wait() == 141, err
+    assert "Traceback" not in err
+    assert "BrokenPipeError" not in err
+
+
+def test_docs_have_no_stray_indented_lines():
+    text = (Path(__file__).parents[1] / "docs" / "diagnose.md").read_text()
+    stray = [line for line in text.splitlines() if line.startswith(" ") and not line.startswith("  ")]
+    assert stray == []
+
+
+def test_user_model_init_follows_seed(tmp_path):
+    file = tmp_path / "user_model.py"
+    file.write_text(USER_MODEL)
+    first = user_target(f"{file}:build", input_shape=(6,), seed=3).model.state_dict()
+    again = user_target(f"{file}:build", input_shape=(6,), seed=3).model.state_dict()
+    other = user_target(f"{file}:build", input_shape=(6,), seed=4).model.state_dict()
+    for name, value in first.items():
+        assert torch.equal(value, again[name]), name
+    assert not torch.equal(first["0.0.weight"], other["0.0.weight"])

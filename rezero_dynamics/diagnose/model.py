@@ -17,7 +17,8 @@ Measured on given inputs, with the model in eval mode on a float64 copy of its s
 ``exact`` forms the dense Jacobian. ``probes`` estimates chi and m2 with Rademacher
 probes (Hutchinson) and the depth profile by pushing the probes through the blocks. It
 estimates the near-zero fraction by stochastic Lanczos quadrature with a quarter of the
-probes (at least 2).
+probes (at least 2), on the smaller of J^T J and J J^T, so that a non-square Jacobian
+shows no structural zeros.
 """
 
 from __future__ import annotations
@@ -93,22 +94,23 @@ def find_blocks(model: nn.Module) -> list[nn.Module] | None:
 
 
 def describe_architecture(model: nn.Module, in_size: int) -> Architecture:
-    """Count post-norm blocks and LayerNorms, and the directions one LayerNorm removes."""
+    """Count post-norm blocks and LayerNorms, the directions one LayerNorm removes, and the
+    residual variant when all of the toolkit's residual blocks share one."""
+    variants = {m.variant for m in model.modules() if isinstance(m, ResidualBlock)}
     post_norm = sum(isinstance(m, ResidualBlock) and m.variant == "post_norm" for m in model.modules())
     norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
     per_norm = 0
     if norms:
         width = math.prod(norms[0].normalized_shape)
         per_norm = in_size // width if width and in_size % width == 0 else 0
-    return Architecture(post_norm, len(norms), per_norm)
+    return Architecture(post_norm, len(norms), per_norm, variants.pop() if len(variants) == 1 else None)
 
 
 def _growth_per_block(values: np.ndarray) -> float | None:
     """exp of the least-squares slope of ln(values) against their index; None if fewer than 2."""
-    logs = np.log(values)
-    if len(values) < 2 or not np.isfinite(logs).all():
-        return None
-    slope = np.polyfit(np.arange(len(values)), logs, 1)[0]
+    if len(values) < 2 or not (np.isfinite(values).all() and (values > 0).all()):
+        return None  # ln of 0 (a zero map) or of a non-finite value has no slope
+    slope = np.polyfit(np.arange(len(values)), np.log(values), 1)[0]
     return float(math.exp(slope))
 
 
@@ -154,10 +156,15 @@ def _probe_chi_profile(blocks, hidden: torch.Tensor, probes: int, seed: int, dty
     size = hidden.numel()
     chis = []
     with torch.no_grad():
-        for block in blocks:
+        for number, block in enumerate(blocks, start=1):
             with analysis_call(block, "eval", dtype) as call:
                 _, signs = vmap(lambda t: jvp(call, (hidden,), (t,)))(signs)
                 hidden = call(hidden)
+            if hidden.numel() != size:  # the same condition and message as depth_profile's
+                raise ValueError(
+                    f"block {number} maps {size} to {hidden.numel()} dimensions; a depth profile needs "
+                    f"blocks that keep the size ({size})"
+                )
             chis.append(float(signs.square().sum() / (probes * size)))
     return np.array(chis)
 
@@ -168,13 +175,34 @@ def _exact_statistics(model, inputs, dtype, memory_budget, seed):
     n = spectrum.in_dim
     chi = values.square().sum(dim=1) / n
     m2 = values.pow(4).sum(dim=1) / n
-    near_zero = (values < limit("near_zero_relative") * values[:, :1]).sum(dim=1).double()
+    largest = values[:, :1]
+    # A zero map has largest = 0, where the strict test counts nothing; all its values vanish.
+    near_zero = ((values < limit("near_zero_relative") * largest) | (largest == 0)).sum(dim=1).double()
     stderr = float(chi.std() / math.sqrt(len(chi))) if len(chi) > 1 else 0.0
     return {
         "chi": float(chi.mean()), "chi_stderr": stderr, "spread": float((m2 / chi.square() - 1).mean()),
         "size": values.shape[1], "near_zero_count": float(near_zero.mean()),
         "num_zeros": float(spectrum.num_zeros.double().mean()),
     }
+
+
+class _TransposedOperator:
+    """J^T of a ``JacobianOperator`` J, for SLQ on the smaller Gram matrix J J^T.
+
+    When J (m, n) has fewer rows than columns, J^T J has n - m structural zero
+    eigenvalues that are no singular values of J; J J^T (m, m) has exactly the m squared
+    singular values. ``spectral_density`` uses only ``shape``, ``dtype``, ``device`` and
+    ``gram``.
+    """
+
+    def __init__(self, operator) -> None:
+        self.operator = operator
+        self.shape = operator.shape[::-1]
+        self.dtype, self.device = operator.dtype, operator.device
+
+    def gram(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Return J J^T u for (m,) or (m, k) vectors."""
+        return self.operator.matvec(self.operator.rmatvec(vectors))
 
 
 def _probe_statistics(model, inputs, dtype, probes, seed):
@@ -188,11 +216,18 @@ def _probe_statistics(model, inputs, dtype, probes, seed):
         moments = jacobian_moments(operator, probes=probes, seed=seed)
         chis.append(moments.chi)
         errors.append(moments.chi_stderr)
-        spreads.append(moments.m2 / moments.chi**2 - 1)
+        spreads.append(moments.m2 / moments.chi**2 - 1 if moments.chi > 0 else math.nan)
         largest = extreme_singular_values(operator, 1, seed=seed).values[0]
-        # SLQ needs fewer probes than the moments: it only locates the mass below the cut.
-        density = spectral_density(operator, probes=max(2, probes // 4), seed=seed)
-        cut = math.log10(largest * limit("near_zero_relative")) if largest > 0 else -math.inf
+        if largest == 0:  # the zero map: every singular value is exactly zero
+            near_zero.append(float(size))
+            zeros.append(float(size))
+            continue
+        # SLQ on the smaller of J^T J and J J^T, so that its fractions are fractions of the
+        # min(m, n) singular values. It needs fewer probes than the moments because it only
+        # locates the mass below the cut.
+        gram_operator = _TransposedOperator(operator) if operator.shape[0] < operator.shape[1] else operator
+        density = spectral_density(gram_operator, probes=max(2, probes // 4), seed=seed)
+        cut = math.log10(largest * limit("near_zero_relative"))
         below = density.grid < cut
         grid, values = density.grid[below], density.density[below]
         mass = float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(grid)))  # trapezoid rule
@@ -267,7 +302,8 @@ def diagnose_model(
                     log10_chi = depth_profile(blocks, hidden, dtype=dtype, memory_budget=memory_budget).summary["log10_chi"]
                     per_sample.append(log10_chi.to_numpy() * math.log(10))
                 else:
-                    per_sample.append(np.log(_probe_chi_profile(blocks, hidden, probes, seed, dtype)))
+                    with np.errstate(divide="ignore"):  # chi = 0 after a zero block gives ln 0 = -inf
+                        per_sample.append(np.log(_probe_chi_profile(blocks, hidden, probes, seed, dtype)))
             chi_profile = np.exp(np.concatenate([[0.0], np.mean(per_sample, axis=0)]))
         except ValueError as error:  # blocks that change the size, or rank-deficient blocks
             notes.append(f"no depth profile: {error}")
@@ -286,7 +322,7 @@ def diagnose_model(
         *chi_findings(subject, stats["chi"], growth),
         *spread_findings(subject, stats["spread"]),
         *near_zero_findings(subject, stats["near_zero_count"], stats["size"], stats["num_zeros"], architecture),
-        *activation_findings(subject, rms_ratio, rms_growth if rms_growth is not None else math.nan),
+        *activation_findings(subject, rms_ratio, rms_growth if rms_growth is not None else math.nan, architecture),
     ]
     isometric = is_isometric(stats["chi"], stats["spread"], stats["near_zero_count"])
     return ModelDiagnosis(

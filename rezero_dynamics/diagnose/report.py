@@ -55,7 +55,8 @@ def to_dict(diagnosis: Diagnosis) -> dict:
             "theory": {k: _json_value(v) for k, v in d.theory.to_dict().items()} if d.theory else None,
         }
     return {
-        "kind": "run", **common, "path": diagnosis.path, "status": diagnosis.status, "last_step": diagnosis.last_step,
+        "kind": "run", **common, "path": diagnosis.path, "status": diagnosis.status, "step": diagnosis.step,
+        "last_step": diagnosis.last_step,
         "alphas": _frame_records(diagnosis.alphas), "grad_ratio": _frame_records(diagnosis.grad_ratio),
         "spectra": _frame_records(diagnosis.spectra),
     }
@@ -72,7 +73,12 @@ def _findings_table(diagnosis: Diagnosis) -> list[str]:
 
 
 def _model_lines(d: ModelDiagnosis) -> list[str]:
-    error = f" +- {d.chi_stderr:.2g}" if d.chi_stderr else (" (exact)" if d.method == "exact" else "")
+    if d.chi_stderr:
+        # The error bar covers the sampling of inputs (or of probes), not of random weights.
+        over = f"{d.num_inputs} inputs" if d.num_inputs > 1 else "probes"
+        error = f" +- {d.chi_stderr:.2g} (stderr, {over})"
+    else:
+        error = " (exact)" if d.method == "exact" else ""
     rows = [
         ("chi (mean s^2)", f"{d.chi:.4g}{error}", d.theory.chi if d.theory else None),
         ("spread (m2/chi^2 - 1)", _number(d.spread), d.theory.spread if d.theory else None),
@@ -99,7 +105,11 @@ def _model_lines(d: ModelDiagnosis) -> list[str]:
 
 
 def _run_lines(d: RunDiagnosis) -> list[str]:
-    lines = [f"run: {d.target} ({d.path})", f"status: {d.status or 'unknown'} at step {d.last_step}", f"verdict: {d.verdict}"]
+    if d.status is not None:
+        status = f"status: {d.status} at step {d.step}"
+    else:
+        status = f"status: unknown (no status.json); last recorded step {d.last_step}"
+    lines = [f"run: {d.target} ({d.path})", status, f"verdict: {d.verdict}"]
     if len(d.grad_ratio):
         ratios = d.grad_ratio["ratio"].dropna()
         if len(ratios):
@@ -126,7 +136,8 @@ def diagnosis_frame(diagnoses: list[Diagnosis]) -> pd.DataFrame:
 
     Models give log10_chi and log10_activation_rms against block (source ``measured``,
     and ``theory`` for chi where a prediction exists). Runs give log10_grad_norm_ratio
-    and log10_jacobian_chi against step.
+    and log10_jacobian_chi against step. A value of 0 (a zero map) gives -inf, which
+    plots draw nothing for.
     """
     frames = []
     for d in diagnoses:
@@ -135,8 +146,10 @@ def diagnosis_frame(diagnoses: list[Diagnosis]) -> pd.DataFrame:
             for quantity, column in (("log10_chi", "chi"), ("log10_activation_rms", "activation_rms")):
                 values = d.profile[column].to_numpy(dtype=float)
                 if np.isfinite(values).any():
+                    with np.errstate(divide="ignore"):
+                        logs = np.log10(values)
                     frames.append(pd.DataFrame({"target": d.target, "quantity": quantity, "x_name": "block",
-                                                "x": blocks, "value": np.log10(values), "source": "measured"}))
+                                                "x": blocks, "value": logs, "source": "measured"}))
             if d.theory is not None and np.isfinite(d.profile["chi"].to_numpy(dtype=float)).any():
                 frames.append(pd.DataFrame({"target": d.target, "quantity": "log10_chi", "x_name": "block", "x": blocks,
                                             "value": blocks * math.log10(d.theory.chi_per_block), "source": "theory"}))

@@ -18,11 +18,14 @@ class Architecture:
         layer_norms: LayerNorm modules anywhere in the model.
         directions_per_norm: directions one LayerNorm removes from the Jacobian (one per
             normalised vector: the token count for a sequence), or 0 when unknown.
+        variant: the residual variant shared by all of the toolkit's residual blocks in the
+            model (``none`` for a plain stack without skips), or None when unknown.
     """
 
     post_norm_blocks: int = 0
     layer_norms: int = 0
     directions_per_norm: int = 0
+    variant: str | None = None
 
 
 def _fmt(value: float) -> str:
@@ -85,6 +88,13 @@ def near_zero_findings(
         rule = "near_zero_fraction"
     else:
         return []
+    if num_zeros >= size:
+        message = (
+            f"all {size} singular values are exactly zero: the output does not depend on the input at "
+            f"these inputs, so no gradient reaches the input; look for a layer with zero weights or "
+            f"an activation that is flat (dead) on all of its inputs"
+        )
+        return [crossed("vanishing_directions", subject, fraction, rule, message)]
     message = (
         f"{count:g} of {size} singular values ({fraction:.1%}) are below {limit('near_zero_relative'):g} "
         f"of the largest ({num_zeros:g} exactly zero): gradients along those input directions vanish"
@@ -106,26 +116,57 @@ def near_zero_findings(
     return [crossed("vanishing_directions", subject, count / size, rule, message)]
 
 
-def activation_findings(subject: str, ratio: float, growth: float) -> list[Finding]:
-    """Flag activation RMS after the last block far from the RMS that enters the first block."""
+_GROWING_ADVICE = {
+    "plain": (
+        "without skip connections each layer scales the RMS by its weight scale times the "
+        "activation's gain, so the weights are too large; lower the weight scale toward "
+        "criticality, or use ReZero (alpha = 0), which starts as the identity."
+    ),
+    "residual": (
+        "residual sums accumulate (pre-norm grows like sqrt(depth)) and push later LayerNorms "
+        "and softmaxes into saturation; ReZero (alpha = 0), a smaller branch init or a final "
+        "LayerNorm keep the scale."
+    ),
+    "unknown": (
+        "with skip connections the residual sums accumulate (pre-norm grows like sqrt(depth)), and "
+        "without them the weights are too large; ReZero (alpha = 0), a smaller init or a final "
+        "LayerNorm keep the scale."
+    ),
+}
+
+
+def _advice_kind(architecture: Architecture) -> str:
+    if architecture.variant is None:
+        return "unknown"
+    return "plain" if architecture.variant == "none" else "residual"
+
+
+def activation_findings(
+    subject: str, ratio: float, growth: float, architecture: Architecture = Architecture()
+) -> list[Finding]:
+    """Flag activation RMS after the last block far from the RMS that enters the first block.
+
+    The advice depends on ``architecture.variant``: a plain stack, a residual one, or unknown.
+    """
     if not math.isfinite(ratio):
         return []
+    per_block = f" ({growth:.3f}x per block)" if math.isfinite(growth) else ""
     tail = (
-        f"activation RMS changes {_fmt(ratio)}x from the first block's input to the last block's output "
-        f"({growth:.3f}x per block)"
+        f"activation RMS changes {_fmt(ratio)}x from the first block's input to the last block's "
+        f"output{per_block}"
     )
+    kind = _advice_kind(architecture)
     if ratio > limit("activation_rms_ratio_high"):
         return [crossed(
             "activations_growing", subject, ratio, "activation_rms_ratio_high",
-            f"{tail}: residual sums accumulate (pre-norm grows like sqrt(depth)) and push later "
-            f"LayerNorms and softmaxes into saturation; ReZero (alpha = 0), a smaller branch init or a "
-            f"final LayerNorm keep the scale.",
+            f"{tail}: {_GROWING_ADVICE[kind]}",
         )]
     if ratio < limit("activation_rms_ratio_low"):
+        fix = "raise the weight scale" if kind == "residual" else "raise the weight scale or add skip connections"
         return [crossed(
             "activations_shrinking", subject, ratio, "activation_rms_ratio_low",
             f"{tail}: the signal dies out in the forward pass, so later layers see almost constant "
-            f"inputs; raise the weight scale or add skip connections.",
+            f"inputs; {fix}.",
         )]
     return []
 

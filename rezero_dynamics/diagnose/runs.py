@@ -40,11 +40,15 @@ class RunDiagnosis:
     ``alphas``: one row per alpha (layer, tail_mean, tail_min, tail_max_abs, last).
     ``grad_ratio``: step, ratio (first block's gradient norm over the last block's).
     ``spectra``: step, chi, spread, near_zero_fraction, near_zero_count, size, num_zeros.
+    ``step`` is the step of ``status.json`` (None without one), the step ``train``
+    prints. ``last_step`` is the largest step in ``records.csv``. After a completed run
+    it is one more than ``step``, because the final evaluation is recorded there.
     """
 
     target: str
     path: str
     status: str | None
+    step: int | None
     last_step: int | None
     alphas: pd.DataFrame
     grad_ratio: pd.DataFrame
@@ -76,24 +80,40 @@ def alpha_findings(run: str, records: pd.DataFrame) -> tuple[pd.DataFrame, list[
     table = table.reset_index()
     first_step, last_step = int(tail["step"].min()), int(tail["step"].max())
     window = f"steps {first_step} to {last_step}"
+    near_zero = table[table["tail_max_abs"] < limit("alpha_near_zero")]
+    negative = table[(table["tail_max_abs"] >= limit("alpha_near_zero")) & (table["tail_mean"] < limit("alpha_negative"))]
     found = []
-    for row in table.itertuples(index=False):
-        subject = f"{run} {row.layer}"
-        if row.tail_max_abs < limit("alpha_near_zero"):
-            found.append(crossed(
-                "alpha_near_zero", subject, row.tail_max_abs, "alpha_near_zero",
-                f"alpha {row.layer} stayed within {row.tail_max_abs:.2g} of 0 over {window}: its branch "
-                f"adds almost nothing, so the layer is skipped; raise --alpha-lr, or turn off weight decay "
-                f"on alphas if --alpha-weight-decay is set.",
-            ))
-        elif row.tail_mean < limit("alpha_negative"):
-            found.append(crossed(
-                "alpha_negative", subject, row.tail_mean, "alpha_negative",
-                f"alpha {row.layer} averaged {row.tail_mean:.3g} over {window}: the sign alone is "
-                f"harmless (the branch can absorb it), but an alpha that crossed 0 switched its branch off "
-                f"on the way; if it keeps shrinking, lower --alpha-lr or the learning rate.",
-            ))
+    if len(near_zero):
+        found.append(crossed(
+            "alpha_near_zero", _alphas_subject(run, near_zero), near_zero["tail_max_abs"].max(), "alpha_near_zero",
+            f"{_count_alphas(near_zero)} stayed within {limit('alpha_near_zero'):g} of 0 over {window} "
+            f"(max |alpha|: {_list_alphas(near_zero, 'tail_max_abs')}): their branches add almost nothing, "
+            f"so those layers are skipped; raise --alpha-lr, or turn off weight decay on alphas if "
+            f"--alpha-weight-decay is set.",
+        ))
+    if len(negative):
+        found.append(crossed(
+            "alpha_negative", _alphas_subject(run, negative), negative["tail_mean"].min(), "alpha_negative",
+            f"{_count_alphas(negative)} averaged below 0 over {window} (mean: "
+            f"{_list_alphas(negative, 'tail_mean')}): the sign alone is harmless (the branch can absorb "
+            f"it), but an alpha that crossed 0 switched its branch off on the way; if it keeps shrinking, "
+            f"lower --alpha-lr or the learning rate.",
+        ))
     return table, found, []
+
+
+def _alphas_subject(run: str, rows: pd.DataFrame) -> str:
+    """Name the one alpha, or count several (the message lists them)."""
+    return f"{run} {rows['layer'].iloc[0]}" if len(rows) == 1 else f"{run} {len(rows)} alphas"
+
+
+def _count_alphas(rows: pd.DataFrame) -> str:
+    return "1 alpha" if len(rows) == 1 else f"{len(rows)} alphas"
+
+
+def _list_alphas(rows: pd.DataFrame, column: str) -> str:
+    """List each alpha's name with its value of ``column``, e.g. ``blocks.1.gate.alpha -0.05``."""
+    return ", ".join(f"{layer} {value:.3g}" for layer, value in zip(rows["layer"], rows[column]))
 
 
 def grad_ratio_findings(run: str, records: pd.DataFrame) -> tuple[pd.DataFrame, list[Finding], list[str]]:
@@ -246,8 +266,10 @@ def diagnose_run(run_dir: str | Path) -> RunDiagnosis:
     else:
         notes.append(f"no {SPECTRA_FILE} (train with --spectrum-every N to record Jacobian spectra)")
     last_step = int(records["step"].max()) if len(records) else None
+    step = status.get("step") if status else None
     return RunDiagnosis(
-        target=run, path=str(run_dir), status=status.get("status") if status else None, last_step=last_step,
+        target=run, path=str(run_dir), status=status.get("status") if status else None,
+        step=int(step) if step is not None else None, last_step=last_step,
         alphas=alphas, grad_ratio=grad_ratio, spectra=spectra, findings=tuple(found),
         verdict=verdict_of(found), notes=tuple(notes),
     )

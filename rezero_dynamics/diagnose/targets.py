@@ -58,8 +58,9 @@ def toolkit_target(config: SpectrumConfig, inputs: str = "auto") -> Target:
         inputs = "fixed_point" if tanh_plain else "gaussian"
     if inputs == "fixed_point" and not tanh_plain:
         raise TargetError(
-            "--inputs fixed_point needs --model mlp --activation tanh --variant none (the tanh mean-field "
-            "fixed point); use text or gaussian for other models"
+            f"--inputs fixed_point applies only to the tanh MLP without skips (diagnose mlp --activation tanh "
+            f"--variant none) because it samples the tanh mean-field fixed point; for {config.model} "
+            f"--variant {variant} use --inputs auto, gaussian or text (Transformer)"
         )
     config = replace(config, variants=(variant,), depths=(depth,), inputs="gaussian" if inputs == "fixed_point" else inputs)
     config.validate()
@@ -143,12 +144,16 @@ def user_target(
     returns an ``nn.Module``) with inputs of ``input_shape`` (per sample; N(0, 1)) or from
     ``example_input`` (``FILE.py:FUNCTION`` returning a floating tensor (B, *in_shape)).
 
-    The model is run once on one input sample to check the shape.
+    The factory runs with torch's CPU generator seeded by ``seed``, so its random
+    initialisation repeats from run to run. The model is run once on one input sample to
+    check the shape.
     """
     factory = load_function(spec)
     path, function = _split_spec(spec)
     try:
-        model = factory()
+        with torch.random.fork_rng(devices=[]):  # --seed sets the initialisation without touching the caller's RNG
+            torch.default_generator.manual_seed(seed)
+            model = factory()
     except Exception as error:
         raise TargetError(f"{path}: {function}() raised {type(error).__name__}: {_one_line(error)}; fix the factory") from None
     if not isinstance(model, nn.Module):
@@ -173,7 +178,7 @@ def user_target(
         inputs = inputs.to(parameter.device)
     try:
         with torch.no_grad(), analysis_call(model, "eval", torch.float64) as call:
-            call(inputs[:1].double())
+            output = call(inputs[:1].double())
     except Exception as error:
         if any(isinstance(m, nn.Embedding) for m in model.modules()):
             fix = (
@@ -187,6 +192,12 @@ def user_target(
             f"{path}: {function}() model failed on one sample of shape {tuple(inputs.shape[1:])} from {described} "
             f"({type(error).__name__}: {_one_line(error)}); {fix}"
         ) from None
+    if not isinstance(output, torch.Tensor):
+        raise TargetError(
+            f"{spec}: the model returned {type(output).__name__}, not a tensor; a Jacobian needs a "
+            f"forward that returns one tensor, so return a wrapper module whose forward returns the part to "
+            f"diagnose, e.g. model(x)[0]"
+        )
     return Target(f"{spec}", model, inputs, None)
 
 
