@@ -475,3 +475,13 @@ def test_user_model_init_follows_seed(tmp_path):
     for name, value in first.items():
         assert torch.equal(value, again[name]), name
     assert not torch.equal(first["0.0.weight"], other["0.0.weight"])
+
+
+def test_near_zero_advice_for_residual_models():
+    from rezero_dynamics.diagnose.rules import near_zero_findings
+
+    (rezero,) = near_zero_findings("model", 192.0, 256, 0.0, Architecture(variant="rezero"))
+    assert "skip path of rezero blocks keeps directions" in rezero.message
+    assert "or ReZero keep these directions" not in rezero.message
+    (plain,) = near_zero_findings("model", 192.0, 256, 0.0, Architecture(variant="none"))
+    assert "skip connections (x + F(x)) or ReZero keep these directions" in plain.message

@@ -111,6 +111,11 @@ def near_zero_findings(
             f"normalised vector; LayerNorms on the residual path (post-norm) compound this, and ReZero or "
             f"pre-norm keep the path free of them."
         )
+    elif architecture.variant not in (None, "none"):
+        message += (
+            f"; the skip path of {architecture.variant} blocks keeps directions, so look at the layers that "
+            f"change the shape (a strided or zero-padded shortcut, a projection, the stem or the head)."
+        )
     else:
         message += "; skip connections (x + F(x)) or ReZero keep these directions, and orthogonal weights help plain stacks."
     return [crossed("vanishing_directions", subject, count / size, rule, message)]
