@@ -484,7 +484,7 @@ def run_plot(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")  # the CLI writes files only
     from .studies.reproduce import write_figures
-    from .tracking import read_records
+    from .tracking import read_csv_rows, read_records
 
     run_dir = args.run_dir
     if not run_dir.is_dir():
@@ -496,7 +496,7 @@ def run_plot(args: argparse.Namespace) -> int:
     if records.empty:
         raise CommandError(f"RUN_DIR {run_dir} has no records yet; nothing to plot")
     spectra_files = sorted(run_dir.rglob("spectra.csv"))  # each run's own; reproduce keeps no combined copy
-    spectra = pd.concat([pd.read_csv(p) for p in spectra_files], ignore_index=True) if spectra_files else pd.DataFrame()
+    spectra = pd.concat([read_csv_rows(p) for p in spectra_files], ignore_index=True) if spectra_files else pd.DataFrame()
     runs = pd.DataFrame({"run": list(dict.fromkeys(records["run"]))})
     figures = write_figures(records, spectra, runs, run_dir / "figures")
     for path in figures:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..tracking import read_records
+from ..tracking import read_csv_rows, read_records
+from ..tracking.records import replace_atomically
 from ..training import TrainConfig, train
 from ..training.metrics import steps_to_target
 
@@ -95,10 +96,7 @@ def compare(
 
 
 def _write_runs(output_dir: Path, rows: list[dict]) -> None:
-    path = output_dir / RUNS_FILE
-    temporary = path.with_name(path.name + ".tmp")
-    pd.DataFrame(rows).to_csv(temporary, index=False)
-    temporary.replace(path)
+    replace_atomically(output_dir / RUNS_FILE, lambda temporary: pd.DataFrame(rows).to_csv(temporary, index=False))
 
 
 def collect_records(output_dir: str | Path) -> pd.DataFrame:
@@ -108,5 +106,5 @@ def collect_records(output_dir: str | Path) -> pd.DataFrame:
 
 def collect_spectra(output_dir: str | Path) -> pd.DataFrame:
     """Read the Jacobian spectra of every run of a comparison into one tidy frame (may be empty)."""
-    frames = [pd.read_csv(path) for path in sorted((Path(output_dir) / "runs").glob("*/spectra.csv"))]
+    frames = [read_csv_rows(path) for path in sorted((Path(output_dir) / "runs").glob("*/spectra.csv"))]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

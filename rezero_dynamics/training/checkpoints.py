@@ -4,11 +4,12 @@ half-written checkpoint."""
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
 import torch
+
+from ..tracking.records import replace_atomically
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "rezero_dynamics.checkpoint.v1"
@@ -20,12 +21,7 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
     """Write ``state`` (plus a format tag) to ``path`` atomically."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, **state}, temporary)
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    replace_atomically(path, lambda temporary: torch.save({"format": CHECKPOINT_FORMAT, **state}, temporary))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

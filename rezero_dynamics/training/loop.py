@@ -13,6 +13,13 @@ Divergence is detected without a host synchronisation per step: a device tensor 
 the first step with a non-finite loss or gradient norm, and it is read at evaluations,
 checkpoints and the end. A diverged run keeps all records and its last finite
 checkpoint.
+
+SIGINT (Ctrl-C) and SIGTERM stop the run at the end of the current step: the records
+are flushed, a checkpoint of that step is written and the status becomes
+``interrupted``, so ``resume=True`` continues exactly. A second signal stops at once.
+A run killed outright (``kill -9``) keeps its last checkpoint and only complete record
+rows (see ``tracking.records``), and it resumes from that checkpoint, or from step 0
+when none was written yet.
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -34,8 +40,9 @@ from ..data import CharCorpus, load_cifar10, load_digits, load_enwik8
 from ..models import ACTIVATIONS, WEIGHT_INITS
 from ..residual import NORMS, check_variant
 from ..tracking import RECORDS_FILE, Every, LogSpaced, RecordWriter, Tracker
-from ..tracking.records import read_records
+from ..tracking.records import read_csv_rows, read_records, replace_atomically
 from .checkpoints import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from .interrupts import DeferredSignals
 from .tasks import ClassificationTask, LanguageModelTask
 
 log = logging.getLogger(__name__)
@@ -202,19 +209,29 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2))
-    temporary.replace(path)
+    replace_atomically(path, lambda temporary: temporary.write_text(json.dumps(payload, indent=2)))
 
 
 def _truncate_after(path: Path, after_step: int) -> None:
-    """Drop rows of a CSV with a ``step`` column recorded after ``after_step``."""
+    """Drop rows of a CSV with a ``step`` column recorded after ``after_step``, and a
+    partial last row; an empty file or one with only a partial header is removed."""
     if not path.exists():
         return
-    frame = read_records(path) if path.name == RECORDS_FILE else pd.read_csv(path)
-    temporary = path.with_name(path.name + ".tmp")
-    frame[frame["step"] <= after_step].to_csv(temporary, index=False)
-    temporary.replace(path)
+    frame = read_records(path) if path.name == RECORDS_FILE else read_csv_rows(path)
+    if "step" not in frame.columns:
+        path.unlink()
+        return
+    kept = frame[frame["step"] <= after_step]
+    replace_atomically(path, lambda temporary: kept.to_csv(temporary, index=False))
+
+
+def _check_same_settings(saved: dict, settings: dict, source: str) -> None:
+    if saved != settings:
+        changed = sorted(k for k in settings if saved.get(k) != settings[k])
+        raise ValueError(
+            f"resume with settings that differ from the {source} ({', '.join(changed)}); "
+            f"rerun with the original settings or start a new run folder"
+        )
 
 
 def read_status(run_dir: str | Path) -> dict:
@@ -247,12 +264,13 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(config.device)
     devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), DeferredSignals() as signals:
         torch.manual_seed(config.seed)
-        return _train(config, task, run_dir, device, resume, run_name or run_dir.name, progress)
+        return _train(config, task, run_dir, device, resume, run_name or run_dir.name, progress, signals)
 
 
-def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resume: bool, run_name: str, progress: bool) -> TrainResult:
+def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resume: bool, run_name: str, progress: bool,
+           signals: DeferredSignals) -> TrainResult:
     model = task.build_model().to(device).train()
     # The probe is built from the freshly initialised model, before any checkpoint is
     # loaded, so a resumed run measures spectra on the same inputs as an uninterrupted one.
@@ -266,14 +284,14 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
     spectra_path = run_dir / SPECTRA_FILE
     start = 0
 
-    if resume:
+    if resume and not checkpoint_path.exists() and (run_dir / "config.json").is_file():
+        # The run was killed before its first checkpoint: start it again at step 0.
+        _check_same_settings(json.loads((run_dir / "config.json").read_text()), settings, "config.json's")
+        _truncate_after(records_path, -1)
+        _truncate_after(spectra_path, -1)
+    elif resume:
         state = load_checkpoint(checkpoint_path, map_location=device)
-        if state["config"] != settings:
-            changed = sorted(k for k in settings if state["config"].get(k) != settings[k])
-            raise ValueError(
-                f"resume with settings that differ from the checkpoint's ({', '.join(changed)}); "
-                f"rerun with the original settings or start a new run folder"
-            )
+        _check_same_settings(state["config"], settings, "checkpoint's")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -307,6 +325,11 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
             },
             checkpoint_path,
         )
+
+    def save_on_stop(at_step: int, saved: bool) -> None:
+        tracker.flush()
+        if not saved and divergence() is None:
+            save(at_step)  # the step just finished, so a resumed run continues exactly
 
     def divergence() -> str | None:
         bad = int(first_bad_step.item())  # a host sync, only at evaluations, spectra and checkpoints
@@ -351,6 +374,7 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
                     break
                 tracker.flush()
                 save(step)
+            signals.stop_if_requested(lambda: save_on_stop(step, saved=checkpoint))
         else:
             status = "completed"
             tracker.record_scalar(config.steps, task.metric, task.evaluate(model, device))
