@@ -233,7 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser.add_argument("--target", type=_finite_float, default=None, help="validation metric value for steps-to-target")
     compare_parser.add_argument("--output-dir", type=Path, default=None, help="folder; default runs/compare-YYYYmmdd-HHMMSS")
     compare_parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    compare_parser.set_defaults(handler=run_compare, interrupted_note="finished runs are kept in runs.csv")
+    compare_parser.add_argument(
+        "--resume", action="store_true",
+        help="continue the comparison in --output-dir: keep finished runs, resume the others",
+    )
+    compare_parser.set_defaults(
+        handler=run_compare, interrupted_note="finished runs are kept in runs.csv; continue with --resume"
+    )
 
     reproduce_parser = commands.add_parser(
         "reproduce", help="the main study: variants side by side, with a report",
@@ -439,7 +445,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.output_dir is None:
             raise CommandError("--resume needs --output-dir: the run folder to continue")
-        if not (args.output_dir / "checkpoint.pt").is_file():
+        if not any((args.output_dir / name).is_file() for name in ("checkpoint.pt", "config.json")):
             raise CommandError(f"--resume: no checkpoint.pt in {args.output_dir}; pass the folder of an earlier run")
     output_dir = args.output_dir or _default_dir("train")
     if not args.resume:
@@ -457,9 +463,14 @@ def run_compare(args: argparse.Namespace) -> int:
     from .studies import compare
 
     base = _train_config(args, variant=args.variants[0], depth=args.depths[0], seed=args.seeds[0])
-    output_dir = _new_folder(args.output_dir or _default_dir("compare"))
+    if args.resume:
+        if args.output_dir is None or not (args.output_dir / "runs").is_dir():
+            raise CommandError("--resume needs --output-dir: the folder of an earlier comparison, with its runs folder")
+        output_dir = args.output_dir
+    else:
+        output_dir = _new_folder(args.output_dir or _default_dir("compare"))
     runs = compare(base, output_dir, variants=args.variants, depths=args.depths, seeds=args.seeds,
-                   target=args.target, progress=not args.no_progress)
+                   target=args.target, progress=not args.no_progress, resume=args.resume)
     print(runs[["run", "status", "step", "final_loss_bits", "final_metric", "steps_to_target"]].to_string(index=False))
     print(f"wrote {output_dir / 'runs.csv'}")
     return 0
