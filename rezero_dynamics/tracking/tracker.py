@@ -110,6 +110,11 @@ class Tracker:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.parameter_names = [n for n, _ in named]
         self.parameters = [p for _, p in named]
+        if not self.parameters:
+            raise ValueError(
+                f"{type(model).__name__} has no parameters that require gradients, so there are no "
+                f"gradient or update norms to record; pass the model being trained"
+            )
         group = [owner.get(id(p), len(blocks)) for p in self.parameters]
         self._group_index = torch.tensor(group, dtype=torch.long)
         self._group_cache: dict[tuple, torch.Tensor] = {}
