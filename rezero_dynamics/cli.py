@@ -17,6 +17,7 @@ import dataclasses
 import importlib.util
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -365,6 +366,8 @@ def run_spectrum(args: argparse.Namespace) -> int:
 
     from .plots import plot_log10_density, plot_log10_singular_value_histograms
 
+    if not math.isfinite(args.memory_budget * 2**30):
+        raise CommandError(f"--memory-budget {args.memory_budget:g} GiB is too large; give the memory in GiB, e.g. 2")
     config = SpectrumConfig(
         model=args.model, variants=args.variants, depths=args.depths, width=args.width,
         heads=args.heads, d_ff=args.d_ff, seq_len=args.seq_len, num_inputs=args.num_inputs,
