@@ -431,9 +431,14 @@ def _new_folder(output_dir: Path) -> Path:
     """
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise CommandError(f"--output-dir {output_dir}: exists and is not an empty folder; choose a new path")
-    existing = output_dir.absolute()
-    while not existing.exists():
-        existing = existing.parent
+    existing = output_dir  # a relative path ends at ".", which exists
+    try:
+        while not existing.exists():
+            existing = existing.parent
+    except OSError as error:  # e.g. a folder on the way that this user may not search
+        raise CommandError(
+            f"--output-dir {output_dir}: cannot be written ({error.strerror or error}); choose a writable path"
+        ) from None
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise CommandError(f"--output-dir {output_dir}: cannot be written under {existing}; choose a writable path")
     return output_dir
@@ -530,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.handler(args)
-    except (CommandError, ValueError, FileNotFoundError) as error:
+    except (CommandError, ValueError, OSError) as error:  # OSError: unreadable files, a full disk, ...
         print(f"rezero-dynamics {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -230,3 +230,36 @@ def test_kill_nine_then_resume(tmp_path, small_corpus, one_thread):
         _assert_same_weights(run_dir, reference)
     print(f"kill -9 outcomes over {REPETITIONS} runs: {outcomes}")
     assert outcomes["finished"] < REPETITIONS  # most kills must land during the run
+
+
+def test_partial_row_dropped_on_read_and_reopen(tmp_path):
+    from rezero_dynamics.tracking import RecordWriter
+
+    path = tmp_path / "records.csv"
+    RecordWriter(path).append([("run", 0, "loss", "all", 1.5), ("run", 1, "loss", "all", 1.25)])
+    with open(path, "a") as handle:
+        handle.write("run,2,loss,al")  # a row cut short by a crash
+    assert read_records(path)["step"].tolist() == [0, 1]
+
+    RecordWriter(path).append([("run", 2, "loss", "all", 1.0)])  # reopening cuts the partial row off
+    assert path.read_text().splitlines()[-2:] == ["run,1,loss,all,1.25", "run,2,loss,all,1.0"]
+    assert read_records(path)["value"].tolist() == [1.5, 1.25, 1.0]
+
+
+def test_partial_header_reads_empty(tmp_path):
+    path = tmp_path / "spectra.csv"
+    path.write_text("run,st")
+    assert read_csv_rows(path).empty
+    assert list(read_records(path).columns) == list(RECORD_COLUMNS)
+
+
+def test_resume_before_first_checkpoint(tmp_path, small_corpus):
+    config = TrainConfig(depth=1, d_model=8, heads=2, seq_len=8, batch_size=2, steps=3, eval_every=0,
+                         eval_batches=1, checkpoint_every=0)
+    reference = train(config, tmp_path / "a" / "run", corpus=small_corpus).run_dir
+    killed = tmp_path / "b" / "run"
+    killed.mkdir(parents=True)
+    (killed / "config.json").write_text((reference / "config.json").read_text())
+    (killed / "records.csv").write_text("run,step,quantity,layer,value\nrun,0,loss,all,9.0\nrun,1,lo")
+    assert train(config, killed, corpus=small_corpus, resume=True).status == "completed"
+    pd.testing.assert_frame_equal(_sorted_records(killed), _sorted_records(reference))
