@@ -2,8 +2,8 @@
 
 ``python tests/error_cases.py`` rewrites docs/errors.md from these cases;
 tests/test_error_catalogue.py checks every row of that file against them. A case runs
-in a fresh folder ``folder``; that path reads ``<tmp>`` in the catalogue, and parts of a
-message that come from other libraries (masked by ``MASKS``) read ``…``.
+in a fresh folder ``folder``, which reads ``<tmp>`` in the catalogue. Parts of a message
+that come from other libraries (a case's ``masks``) read ``…``.
 """
 
 from __future__ import annotations

@@ -520,6 +520,7 @@ def singular_values(matrix: torch.Tensor) -> torch.Tensor:
         except torch.linalg.LinAlgError as error:
             note("torch.linalg.svdvals in float64", error)
     if matrix.is_cuda:
+        # NOTE: the tests run this CUDA branch on no GPU; only the CPU fallback is tested.
         for driver in ("gesvd", "gesvdj"):
             try:
                 return torch.linalg.svdvals(wide, driver=driver)

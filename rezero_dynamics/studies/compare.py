@@ -137,7 +137,7 @@ def _check_settings_unchanged(output_dir: Path, configs: dict[str, TrainConfig])
 
 
 def _finished_runs(output_dir: Path) -> dict[str, dict]:
-    """Rows of ``runs.csv`` whose run completed or diverged, by run name."""
+    """Return the rows of ``runs.csv`` whose run completed or diverged, by run name."""
     path = output_dir / RUNS_FILE
     if not path.is_file():
         return {}
@@ -148,7 +148,7 @@ def _finished_runs(output_dir: Path) -> dict[str, dict]:
 
 
 def _status_step(run_dir: Path) -> int:
-    """The last step in a run's status.json, or -1 when it has none."""
+    """Return the last step in a run's status.json, or -1 when it has none."""
     try:
         return int(json.loads((run_dir / STATUS_FILE).read_text())["step"])
     except (OSError, ValueError, KeyError, TypeError):

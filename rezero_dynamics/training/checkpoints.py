@@ -26,7 +26,7 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 
 
 def _unpickling_detail(error: Exception) -> str:
-    """The specific reason in the error of a weights-only ``torch.load``, without its advice."""
+    """Return the specific reason in the error of a weights-only ``torch.load``, without its advice."""
     text = str(error)
     match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text)
     return match.group(1).strip() if match else (text.splitlines() or [type(error).__name__])[0]

@@ -2,11 +2,11 @@
 
 A signal that arrives mid-step would leave the model, optimiser and schedule at
 different steps, so a checkpoint taken then could not resume exactly. Inside
-``DeferredSignals`` the first SIGINT or SIGTERM is only noted; the training loop calls
-``stop_if_requested`` at the end of every step, saves the step it finished, and the
-signal is then delivered to the handler that was installed before (Python's
-KeyboardInterrupt for SIGINT, the command line's exception for SIGTERM). A second signal
-is delivered at once, for a user who does not want to wait.
+``DeferredSignals`` the first SIGINT or SIGTERM is only noted. The training loop calls
+``stop_if_requested`` at the end of every step, which saves the finished step and then
+delivers the signal to the handler installed before: Python's KeyboardInterrupt for
+SIGINT, the command line's exception for SIGTERM. A second signal is delivered at once,
+for a user who does not want to wait.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 class DeferredSignals:
     """Context manager that holds back SIGINT and SIGTERM until ``stop_if_requested``.
 
-    Signal handlers can only be set from the main thread; in another thread, and for a
-    signal whose previous handler ignores it, nothing is deferred.
+    Signal handlers can only be set from the main thread. In another thread nothing is
+    deferred, and neither is a signal whose previous handler ignores it.
     """
 
     def __init__(self) -> None:

@@ -214,7 +214,7 @@ def _write_json(path: Path, payload: dict) -> None:
 
 def _truncate_after(path: Path, after_step: int) -> None:
     """Drop rows of a CSV with a ``step`` column recorded after ``after_step``, and a
-    partial last row; an empty file or one with only a partial header is removed."""
+    partial last row. A file without a complete header is removed."""
     if not path.exists():
         return
     frame = read_records(path) if path.name == RECORDS_FILE else read_csv_rows(path)
