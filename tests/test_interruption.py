@@ -198,20 +198,26 @@ def _assert_files_parse(run_dir: Path) -> None:
 
 def test_kill_nine_then_resume(tmp_path, small_corpus, one_thread):
     reference = tmp_path / "reference" / "run"
-    started = time.perf_counter()
     train(KILL_CONFIG, reference, corpus=small_corpus)
+    context = multiprocessing.get_context("fork")
+    # The kill delays are spread over the time an unkilled child takes, fork included.
+    started = time.perf_counter()
+    timed = context.Process(target=_train_with_slow_checkpoints, args=(tmp_path / "timed" / "run", small_corpus))
+    timed.start()
+    timed.join()
     duration = time.perf_counter() - started
+    assert timed.exitcode == 0
     expected_records = _sorted_records(reference)
     expected_spectra = read_csv_rows(reference / "spectra.csv").sort_values(["step", "index"]).reset_index(drop=True)
 
-    context = multiprocessing.get_context("fork")
     delays = random.Random(0)
     outcomes = {"no checkpoint yet": 0, "inside a checkpoint write": 0, "finished": 0}
     for repetition in range(REPETITIONS):
         run_dir = tmp_path / f"killed-{repetition}" / "run"
         child = context.Process(target=_train_with_slow_checkpoints, args=(run_dir, small_corpus))
         child.start()
-        time.sleep(delays.uniform(0.0, 1.2 * duration))
+        delay = delays.uniform(0.0, duration)
+        time.sleep(delay / 20 if repetition == 0 else delay)  # the first kill lands before any checkpoint
         os.kill(child.pid, signal.SIGKILL)
         child.join()
         if (run_dir / "checkpoint.pt.tmp").exists():
@@ -229,7 +235,7 @@ def test_kill_nine_then_resume(tmp_path, small_corpus, one_thread):
         pd.testing.assert_frame_equal(spectra, expected_spectra, obj=f"spectra {repetition}")
         _assert_same_weights(run_dir, reference)
     print(f"kill -9 outcomes over {REPETITIONS} runs: {outcomes}")
-    assert outcomes["finished"] < REPETITIONS  # most kills must land during the run
+    assert outcomes["finished"] <= REPETITIONS // 4  # most kills must land during the run
 
 
 def test_partial_row_dropped_on_read_and_reopen(tmp_path):
