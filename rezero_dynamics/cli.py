@@ -8,6 +8,8 @@
   study with a report. These write records as they go, so an interrupted or failed
   run keeps what it recorded.
 * ``plot``: redraw figures from the records of a folder.
+* ``diagnose``: findings with severity and advice for a toolkit model, a user's model
+  file or a run folder.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from .studies import (
 from .models import ACTIVATIONS, WEIGHT_INITS
 from .spectra import JACOBIAN_MODES
 from .training import TrainConfig
+from .diagnose import INPUT_KINDS as DIAGNOSE_INPUT_KINDS, METHODS as DIAGNOSE_METHODS
 
 log = logging.getLogger("rezero_dynamics")
 
@@ -135,6 +138,20 @@ def resolve_device(name: str) -> str:
     raise CommandError(f"--device {name}: invalid device; use auto, cpu, cuda or cuda:K")
 
 
+def compare_devices(device: str, devices: Sequence[str] | None) -> list[str]:
+    """Return the devices that ``compare`` spreads its runs over, one worker process each.
+
+    ``devices`` is checked and used as given. Otherwise ``device`` (after ``auto``) names
+    them: ``cuda`` means every visible GPU, and any other device runs alone.
+    """
+    if devices:
+        return [resolve_device(name) for name in devices]
+    resolved = resolve_device(device)
+    if resolved == "cuda" and torch.cuda.device_count() > 1:
+        return [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    return [resolved]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="rezero-dynamics",
@@ -200,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument(
         "--theory", action="store_true",
         help="draw the random-matrix prediction on the histograms (needs --model mlp --activation linear "
-             "--init gaussian --variants none)",
+             "--init gaussian and --variants none, residual or rezero)",
     )
     spectrum.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     spectrum.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -223,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=run_train, interrupted_note="records and the last checkpoint are kept; continue with --resume")
 
     compare_parser = commands.add_parser(
-        "compare", help="train variants x depths x seeds one after another",
+        "compare", help="train variants x depths x seeds, one after another or one run per GPU",
         description="Train every combination; a failed or diverged run is recorded in runs.csv and the others go on.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -231,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser.add_argument("--variants", type=_comma_list(str, VARIANTS), default="post_norm,pre_norm,rezero", help="comma-separated variants")
     compare_parser.add_argument("--depths", type=_comma_list(_positive_int), default="12", help="comma-separated depths")
     compare_parser.add_argument("--seeds", type=_comma_list(int), default="0", help="comma-separated seeds")
+    compare_parser.add_argument(
+        "--devices", type=_comma_list(str), default=None,
+        help="comma-separated devices, one worker process and one run at a time each (e.g. cuda:0,cuda:1); "
+             "default: every visible GPU for --device cuda or auto, else --device alone",
+    )
     compare_parser.add_argument("--target", type=_finite_float, default=None, help="validation metric value for steps-to-target")
     compare_parser.add_argument("--output-dir", type=Path, default=None, help="folder; default runs/compare-YYYYmmdd-HHMMSS")
     compare_parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -252,10 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce_parser.add_argument("--scale", choices=tuple(SCALES), default="ci", help="ci: minutes on a CPU; small: about an hour; paper: enwik8 on a GPU")
     reproduce_parser.add_argument("--data-path", default=None, help="enwik8 file, for --scale paper")
-    reproduce_parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
+    reproduce_parser.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:K; cuda (or auto) uses every visible GPU, one run per GPU",
+    )
     reproduce_parser.add_argument("--output-dir", type=Path, default=None, help="folder; default runs/reproduce-YYYYmmdd-HHMMSS")
     reproduce_parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     reproduce_parser.set_defaults(handler=run_reproduce, interrupted_note="finished runs and their records are kept")
+
+    _add_diagnose_parser(commands)
 
     plot = commands.add_parser(
         "plot", help="redraw the figures of a run or comparison folder from its records",
@@ -266,8 +292,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_diagnose_parser(commands) -> None:
+    default = SpectrumConfig()
+    diagnose = commands.add_parser(
+        "diagnose", help="verdicts on a model's Jacobian or a training run, with what usually helps",
+        description=(
+            "Diagnose TARGET: a toolkit model by name (transformer or mlp, built from the options below), "
+            "a model of your own as FILE.py:FUNCTION (a function returning an nn.Module; give --input-shape "
+            "or --example-input), or a run folder from train, compare or reproduce (each run is diagnosed). "
+            "Prints each finding with its severity, measured value, threshold and advice; thresholds and "
+            "their reasons are listed in docs/diagnose.md. The exit status is 0 whatever the findings."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    diagnose.add_argument("target", metavar="TARGET", help="transformer, mlp, FILE.py:FUNCTION or a run folder")
+    diagnose.add_argument("--variant", choices=VARIANTS, default="rezero", help="residual variant (toolkit models)")
+    diagnose.add_argument("--depth", type=_positive_int, default=12, help="number of blocks (toolkit models)")
+    diagnose.add_argument("--width", type=_positive_int, default=default.width, help="d_model (Transformer) or hidden width (MLP)")
+    diagnose.add_argument("--heads", type=_positive_int, default=default.heads, help="attention heads (Transformer)")
+    diagnose.add_argument("--d-ff", type=_positive_int, default=None, help="feed-forward width (Transformer); None means 4 * width")
+    diagnose.add_argument("--seq-len", type=_positive_int, default=default.seq_len, help="tokens per input (Transformer)")
+    diagnose.add_argument("--num-inputs", type=_positive_int, default=2, help="input samples; one Jacobian each")
+    diagnose.add_argument(
+        "--inputs", choices=DIAGNOSE_INPUT_KINDS, default="auto",
+        help="toolkit models: text, gaussian, fixed_point (tanh MLP without skips, at the mean-field fixed "
+             "point) or auto (text for the Transformer, fixed_point for a plain tanh MLP, else gaussian)",
+    )
+    diagnose.add_argument("--alpha-init", type=_finite_float, default=0.0, help="initial alpha of rezero blocks")
+    diagnose.add_argument("--activation", choices=ACTIVATIONS, default=default.activation, help="activation (MLP)")
+    diagnose.add_argument("--init", choices=WEIGHT_INITS, default=default.init, help="weight init (MLP)")
+    diagnose.add_argument("--sigma-w", type=_positive_float, default=1.0, help="weight scale sigma_w (MLP)")
+    diagnose.add_argument("--sigma-b", type=_finite_float, default=0.0, help="bias scale sigma_b (MLP), >= 0")
+    diagnose.add_argument("--input-shape", default=None, help="FILE.py:FUNCTION targets: one sample's shape without the batch dimension, e.g. 16,64")
+    diagnose.add_argument("--example-input", default=None, help="FILE.py:FUNCTION targets: FILE.py:FUNCTION returning an input batch (B, *in_shape)")
+    diagnose.add_argument("--seed", type=int, default=0, help="seed of inputs, initialisation and probes")
+    diagnose.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
+    diagnose.add_argument(
+        "--method", choices=DIAGNOSE_METHODS, default="auto",
+        help="exact: dense Jacobian; probes: Hutchinson and Lanczos estimates with standard errors; auto: exact "
+             "when the dense Jacobian fits --memory-budget",
+    )
+    diagnose.add_argument("--probes", type=_positive_int, default=16, help="probe vectors of the probes method (at least 2)")
+    diagnose.add_argument("--memory-budget", type=_positive_float, default=default.memory_budget / 2**30, help="memory for one Jacobian and its SVD, in GiB")
+    diagnose.add_argument("--json", action="store_true", help="print the diagnoses as JSON instead of tables")
+    diagnose.add_argument("--plot", type=Path, default=None, metavar="PATH", help="also write a figure of the depth profile or run series to PATH (.png, .pdf, .svg)")
+    diagnose.set_defaults(handler=run_diagnose, interrupted_note="nothing was written")
+
+
 _OPTION_HELP = {
-    "task": "lm (character language model) or classifier (MLP on images)",
+    "variant": f"residual variant of every block, one of {', '.join(VARIANTS)} (post-norm with warm-up: "
+               f"--variant post_norm --warmup-steps N)",
+    "warmup_steps": "linear learning-rate warm-up over the first N steps (0: none)",
+    "task": "lm (character language model) or classifier (MLP or ResNet on images)",
+    "classifier_model": "classifier network: mlp, or resnet (CIFAR ResNet with --depth 6n+2 layers, e.g. 20, 56, 110)",
     "data": "lm: default (pydoc_data.topics text) or enwik8; classifier: digits or cifar10",
     "data_path": "enwik8 file or cifar-10-batches-py folder",
     "spectrum_every": "record Jacobian spectra of the block stack every N steps (0: never)",
@@ -278,7 +355,11 @@ _OPTION_HELP = {
     "alpha_lr": "learning rate of the ReZero alphas; default: --lr",
     "alpha_weight_decay": "apply weight decay to the alphas too",
     "clip_norm": "clip the global gradient norm to this value",
-    "device": "auto, cpu, cuda or cuda:K",
+    "device": "auto, cpu, cuda or cuda:K (train under torchrun: cuda is the GPU of each process's LOCAL_RANK; "
+              "compare: cuda is every visible GPU)",
+    "batch_size": "global batch size, split evenly over the processes of a torchrun run",
+    "precision": "fp32, or autocast of the forward pass and loss to bf16 or fp16 (fp16 with a gradient scaler)",
+    "compile": "run the model through torch.compile (the first steps take longer while it compiles)",
 }
 
 
@@ -446,6 +527,7 @@ def _new_folder(output_dir: Path) -> Path:
 
 def run_train(args: argparse.Namespace) -> int:
     from .training import train as train_run
+    from .training.distributed import Distributed, torchrun_environment
 
     config = _train_config(args)
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:  # checked before training, not after
@@ -455,10 +537,15 @@ def run_train(args: argparse.Namespace) -> int:
             raise CommandError("--resume needs --output-dir: the run folder to continue")
         if not any((args.output_dir / name).is_file() for name in ("checkpoint.pt", "config.json")):
             raise CommandError(f"--resume: no checkpoint.pt in {args.output_dir}; pass the folder of an earlier run")
+    context = torchrun_environment() or Distributed()
+    if context.enabled and args.output_dir is None:
+        raise CommandError("under torchrun, pass --output-dir: every process must write to the same run folder")
     output_dir = args.output_dir or _default_dir("train")
-    if not args.resume:
+    if not args.resume and context.is_main:  # rank 0 may have written to it before another rank looks
         _new_folder(output_dir)
-    result = train_run(config, output_dir, resume=args.resume, progress=not args.no_progress)
+    result = train_run(config, output_dir, resume=args.resume, progress=not args.no_progress and context.is_main)
+    if not context.is_main:
+        return 0 if result.status == "completed" else EXIT_DIVERGED
     if args.tensorboard:
         from .tracking.export import export_tensorboard
 
@@ -478,7 +565,8 @@ def run_compare(args: argparse.Namespace) -> int:
     else:
         output_dir = _new_folder(args.output_dir or _default_dir("compare"))
     runs = compare(base, output_dir, variants=args.variants, depths=args.depths, seeds=args.seeds,
-                   target=args.target, progress=not args.no_progress, resume=args.resume)
+                   target=args.target, progress=not args.no_progress, devices=compare_devices(args.device, args.devices),
+                   resume=args.resume)
     print(runs[["run", "status", "step", "final_loss_bits", "final_metric", "steps_to_target"]].to_string(index=False))
     print(f"wrote {output_dir / 'runs.csv'}")
     return 0
@@ -492,7 +580,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
     output_dir = _new_folder(args.output_dir or _default_dir("reproduce"))
     report = reproduce(args.scale, output_dir, data_path=args.data_path, device=resolve_device(args.device),
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, devices=compare_devices(args.device, None))
     print(report.read_text())
     print(f"wrote {report}")
     return 0
@@ -520,6 +608,85 @@ def run_plot(args: argparse.Namespace) -> int:
     figures = write_figures(records, spectra, runs, run_dir / "figures")
     for path in figures:
         print(path)
+    return 0
+
+
+def _diagnose_model_target(args: argparse.Namespace):
+    from .diagnose import TargetError, parse_input_shape, toolkit_target, user_target
+
+    if args.target in MODELS:
+        if args.sigma_b < 0:
+            raise CommandError(f"--sigma-b {args.sigma_b}: must be >= 0")
+        config = SpectrumConfig(
+            model=args.target, variants=(args.variant,), depths=(args.depth,), width=args.width, heads=args.heads,
+            d_ff=args.d_ff, seq_len=args.seq_len, num_inputs=args.num_inputs, alpha_init=args.alpha_init,
+            activation=args.activation, init=args.init, sigma_w=args.sigma_w, sigma_b=args.sigma_b, seed=args.seed,
+            device=resolve_device(args.device),
+        )
+        return toolkit_target(config, args.inputs)
+    shape = parse_input_shape(args.input_shape) if args.input_shape is not None else None
+    try:
+        target = user_target(args.target, input_shape=shape, example_input=args.example_input,
+                             num_inputs=args.num_inputs, seed=args.seed)
+    except TargetError as error:
+        raise CommandError(str(error)) from None
+    device = resolve_device(args.device)
+    return dataclasses.replace(target, model=target.model.to(device), inputs=target.inputs.to(device))
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    from .diagnose import diagnose_folder, diagnose_model, diagnosis_frame, format_report, to_dict
+
+    target_text = args.target
+    is_model_file = ":" in target_text and target_text.rpartition(":")[0].endswith(".py")
+    if args.probes < 2:
+        raise CommandError(f"--probes {args.probes}: a standard error needs at least 2 probe vectors")
+    if not math.isfinite(args.memory_budget * 2**30):
+        raise CommandError(f"--memory-budget {args.memory_budget:g} GiB is too large; give the memory in GiB, e.g. 2")
+    if is_model_file or target_text in MODELS:
+        target = _diagnose_model_target(args)
+        try:
+            diagnoses = [diagnose_model(
+                target.model, target.inputs, target=target.name, theory=target.theory, method=args.method,
+                probes=args.probes, memory_budget=int(args.memory_budget * 2**30), seed=args.seed,
+            )]
+        except RuntimeError as error:
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise CommandError(
+                f"{target_text}: the Jacobian could not be computed ({type(error).__name__}: {first_line}); the "
+                f"model must run under torch.func (jvp, vjp, vmap), e.g. without in-place ops on its inputs"
+            ) from None
+    elif target_text.endswith(".py"):
+        raise CommandError(f"TARGET {target_text}: name the function that builds the model, as {target_text}:FUNCTION")
+    elif Path(target_text).is_dir():
+        diagnoses = diagnose_folder(target_text)
+    else:
+        raise CommandError(
+            f"TARGET {target_text!r} is not a model name ({', '.join(MODELS)}), a FILE.py:FUNCTION or an existing "
+            f"run folder; check the spelling or the path"
+        )
+
+    if args.plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")  # the CLI writes files only
+        import matplotlib.pyplot as plt
+
+        from .plots import plot_diagnosis
+
+        figure = plot_diagnosis(diagnosis_frame(diagnoses))
+        try:
+            figure.savefig(args.plot, dpi=120)
+        except (OSError, ValueError) as error:
+            raise CommandError(f"--plot {args.plot}: cannot be written ({error}); choose a writable .png, .pdf or .svg path") from None
+        finally:
+            plt.close(figure)
+    if args.json:
+        print(json.dumps({"diagnoses": [to_dict(d) for d in diagnoses]}, indent=2))
+    else:
+        print("\n\n".join(format_report(d) for d in diagnoses))
+        if args.plot is not None:
+            print(f"wrote {args.plot}")
     return 0
 
 

@@ -89,9 +89,9 @@ def plot_log10_singular_value_histograms(
     return axes[0].figure
 
 
-def _panel_axes(ax: Axes | Sequence[Axes] | None, count: int) -> list[Axes]:
+def _panel_axes(ax: Axes | Sequence[Axes] | None, count: int, sharey: bool = True) -> list[Axes]:
     if ax is None:
-        figure, created = plt.subplots(1, count, figsize=(4.2 * count, 3.6), sharey=True, squeeze=False)
+        figure, created = plt.subplots(1, count, figsize=(4.2 * count, 3.6), sharey=sharey, squeeze=False)
         figure.set_layout_engine("constrained")
         return list(created[0])
     axes = [ax] if isinstance(ax, Axes) else list(np.ravel(ax))
@@ -271,3 +271,36 @@ def add_theory_curve(ax: Axes, theory: pd.DataFrame, *, label: str = "theory", s
     ax.plot(theory["log10_singular_value"], theory["density"] * scale, color="black", linestyle="--", label=label)
     ax.legend(fontsize="small")
     return ax.figure
+
+
+_DIAGNOSIS_COLUMNS = ("target", "quantity", "x_name", "x", "value", "source")
+
+
+def plot_diagnosis(frame: pd.DataFrame, *, ax: Axes | Sequence[Axes] | None = None) -> Figure:
+    """Plot the series behind diagnoses: one panel per quantity, one line per target.
+
+    ``frame`` is tidy, as from ``diagnose.diagnosis_frame``: columns target, quantity,
+    x_name (``block`` or ``step``), x, value and source (``measured`` solid, ``theory``
+    dashed). ``ax``: one Axes per quantity, in order of first appearance.
+    """
+    missing = [c for c in _DIAGNOSIS_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"frame is missing column(s) {', '.join(missing)}; pass the output of diagnosis_frame()")
+    if frame.empty:
+        raise ValueError("frame is empty: the diagnoses have no depth profile or recorded series to plot")
+    quantities = list(dict.fromkeys(frame["quantity"]))
+    targets = list(dict.fromkeys(frame["target"]))
+    axes = _panel_axes(ax, len(quantities), sharey=False)
+    colours = dict(zip(targets, sns.color_palette(n_colors=len(targets))))
+    for panel, quantity in zip(axes, quantities):
+        rows = frame[frame["quantity"] == quantity]
+        for (target, source), line in rows.groupby(["target", "source"], sort=False):
+            line = line.sort_values("x")
+            panel.plot(line["x"], line["value"], color=colours[target], linestyle="--" if source == "theory" else "-",
+                       marker="." if len(line) < 40 else None, label=f"{target} ({source})" if source != "measured" else target)
+        panel.axhline(0.0, color="0.6", linewidth=0.8, linestyle=":")
+        panel.set_xlabel(rows["x_name"].iloc[0])
+        panel.set_title(quantity)
+        panel.legend(fontsize="small")
+    axes[0].set_ylabel("log10 value")
+    return axes[0].figure

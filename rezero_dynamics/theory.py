@@ -138,6 +138,41 @@ def free_multiplicative_brownian_edges(t: float) -> tuple[float, float]:
     return min(edges), max(edges)
 
 
+def free_multiplicative_brownian_density(t: float, points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """Density of lambda in the alpha^2 L = t limit, on ``points`` values across its support.
+
+    The S-transform of the limit is exp(-t (1 + 2z)) (read off the edge formula above and
+    checked against the moments, not against Biane's text), so the moment generating function
+    y = psi(1 / x) = sum_k m_k x^-k solves x = e^(t (1 + 2y)) (1 + y) / y, and
+    rho(x) = |Im y(x + i0)| / (pi x). The complex root is followed by Newton's method from
+    the lower edge (y = y-, where the root is double) to the upper one. Returns (lambda,
+    density), lambda geometrically spaced strictly inside [x-, x+]; the density integrates to 1
+    and its moments match ``free_multiplicative_brownian_moment`` (checked in the tests).
+    """
+    lower, upper = free_multiplicative_brownian_edges(t)
+    y_lower = (-1 - math.sqrt(1 + 2 / t)) / 2
+    lambdas = np.geomspace(lower, upper, points + 2)[1:-1]
+
+    def residual(y: complex, x: float) -> complex:
+        return np.exp(t * (1 + 2 * y)) * (1 + y) - x * y
+
+    def slope(y: complex, x: float) -> complex:
+        return np.exp(t * (1 + 2 * y)) * (2 * t * (1 + y) + 1) - x
+
+    # Near the edge h(y) = (x- - x) y- + h''(y-) (y - y-)^2 / 2, which gives the first guess.
+    curvature = np.exp(t * (1 + 2 * y_lower)) * (4 * t * t * (1 + y_lower) + 4 * t)
+    y = y_lower + np.sqrt(complex(-2 * (lower - lambdas[0]) * y_lower / curvature))
+    roots = np.empty(points, dtype=complex)
+    for index, x in enumerate(lambdas):
+        for _ in range(100):
+            step = residual(y, x) / slope(y, x)
+            y = y - step
+            if abs(step) <= 1e-14 * max(1.0, abs(y)):
+                break
+        roots[index] = y
+    return lambdas, np.abs(roots.imag) / (math.pi * lambdas)
+
+
 # -- nonlinear networks at criticality --------------------------------------------------------
 
 _HERMITE_POINTS = 201
@@ -185,6 +220,22 @@ def tanh_jacobian_moments(sigma_w2: float, sigma_b2: float, depth: int, *, weigh
             "m2_over_m1_squared": ratio}
 
 
+def tanh_critical_sigma_w2(sigma_b2: float) -> float:
+    """The sigma_w2 at which chi = sigma_w2 E[tanh'(sqrt(q*) z)^2] equals 1 for bias variance ``sigma_b2``.
+
+    This is the mean-field order-to-chaos transition that ``tanh_jacobian_moments``
+    assumes: below it chi < 1 and gradients vanish with depth, above it they explode.
+    At sigma_b2 = 0 it is 1 (q* = 0); at sigma_b2 = 0.05 it is 1.76095.
+    """
+    from scipy.optimize import brentq
+
+    if not (math.isfinite(sigma_b2) and sigma_b2 >= 0):
+        raise ValueError(f"sigma_b2 must be a finite number >= 0, got {sigma_b2!r}")
+    if sigma_b2 == 0:
+        return 1.0
+    return float(brentq(lambda w2: tanh_jacobian_moments(w2, sigma_b2, 1)["chi"] - 1, 1.0, 100.0, xtol=1e-12))
+
+
 # -- overlays ----------------------------------------------------------------------------------
 
 
@@ -202,6 +253,21 @@ def log10_singular_value_density(lambdas: np.ndarray, density: np.ndarray) -> pd
             "density": np.asarray(density, dtype=float)[keep] * 2 * math.log(10) * lambdas[keep],
         }
     )
+
+
+def residual_linear_overlay(alpha: float, depth: int, points: int = 2000) -> pd.DataFrame:
+    """Theory curve for prod_l (I + alpha W_l), Gaussian W_l of variance 1 / N, in log10 coordinates.
+
+    The curve is the alpha^2 L = t limit (free multiplicative Brownian motion), so it
+    holds for large width and many layers with small alpha. At t = 1 and L = 64 its m_2 is 3% above the
+    finite-depth value, and shallower networks differ more.
+    """
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth!r}")
+    lambdas, density = free_multiplicative_brownian_density(alpha**2 * depth, points)
+    return log10_singular_value_density(lambdas, density)
 
 
 def fuss_catalan_overlay(depth: int, sigma2: float = 1.0, points: int = 400) -> pd.DataFrame:

@@ -139,6 +139,11 @@ def _(folder):
     return cli_error(["spectrum", "--memory-budget", "1e308"])
 
 
+@case("cli-diagnose-memory-budget-overflow", CLI, "`diagnose mlp --memory-budget 1e308`")
+def _(folder):
+    return cli_error(["diagnose", "mlp", "--memory-budget", "1e308"])
+
+
 @case("cli-invalid-choice", CLI, "`spectrum --model cnn`")
 def _(folder):
     return cli_error(["spectrum", "--model", "cnn"])

@@ -220,3 +220,14 @@ def test_spectrum_theory_overlay(tmp_path, capsys):
     status, _, err = run([*SMALL, "--theory", "--output-dir", str(tmp_path / "no")], capsys)
     assert status == 2
     assert "no theory curve covers this setting" in err
+
+
+def test_spectrum_residual_theory_overlay(tmp_path, capsys):
+    options = ["spectrum", "--model", "mlp", "--activation", "linear", "--variants", "rezero", "--depths", "16",
+               "--width", "32", "--num-inputs", "1", "--inputs", "gaussian", "--theory", "--no-progress"]
+    status, _, err = run([*options, "--alpha-init", "0.2", "--output-dir", str(tmp_path / "ok")], capsys)
+    assert status == 0, err
+    assert (tmp_path / "ok" / "log10_singular_values.png").exists()
+    status, _, err = run([*options, "--alpha-init", "1.0", "--output-dir", str(tmp_path / "far")], capsys)
+    assert status == 2
+    assert "at alpha=1 and depth 16 its mean squared singular value is off by" in err

@@ -16,10 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rezero_dynamics.cli as cli
+import rezero_dynamics.diagnose
 import rezero_dynamics.studies
 import rezero_dynamics.training
 
-COMMANDS = ("spectrum", "train", "compare", "reproduce", "plot")
+COMMANDS = ("spectrum", "train", "compare", "reproduce", "plot", "diagnose")
 
 
 class Started(BaseException):
@@ -38,6 +39,8 @@ def no_work(monkeypatch, tmp_path):
     monkeypatch.setattr(rezero_dynamics.studies, "compare", _start)
     monkeypatch.setattr(rezero_dynamics.studies, "reproduce", _start)
     monkeypatch.setattr(sys.modules["rezero_dynamics.studies.reproduce"], "write_figures", _start)
+    monkeypatch.setattr(rezero_dynamics.diagnose, "diagnose_model", _start)
+    monkeypatch.setattr(rezero_dynamics.diagnose, "diagnose_folder", _start)
 
 
 def _options(command: str) -> list[argparse.Action]:
@@ -64,8 +67,9 @@ def _values(action: argparse.Action) -> st.SearchStrategy[str]:
 def argument_lists(draw, command: str) -> list[str]:
     options = _options(command)
     argv = [command]
-    if command == "plot":
-        argv.append(draw(st.one_of(st.just("."), st.just("missing"), st.text(alphabet=string.printable, max_size=10))))
+    if command in ("plot", "diagnose"):
+        targets = [".", "missing", "mlp", "transformer", "model.py", "model.py:build"]
+        argv.append(draw(st.one_of(st.sampled_from(targets), st.text(alphabet=string.printable, max_size=10))))
     for _ in range(draw(st.integers(0, 6))):
         if not options or draw(st.integers(0, 9)) == 0:  # an option that does not exist, or an abbreviation
             name = draw(st.from_regex(r"--?[a-z][a-z-]{0,10}", fullmatch=True))

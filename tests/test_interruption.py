@@ -211,31 +211,36 @@ def test_kill_nine_then_resume(tmp_path, small_corpus, one_thread):
     expected_spectra = read_csv_rows(reference / "spectra.csv").sort_values(["step", "index"]).reset_index(drop=True)
 
     delays = random.Random(0)
-    outcomes = {"no checkpoint yet": 0, "inside a checkpoint write": 0, "finished": 0}
-    for repetition in range(REPETITIONS):
-        run_dir = tmp_path / f"killed-{repetition}" / "run"
+    outcomes = {"no checkpoint yet": 0, "inside a checkpoint write": 0, "finished before the kill": 0}
+    landed = attempt = 0
+    while landed < REPETITIONS:
+        assert attempt < 3 * REPETITIONS, f"only {landed} of {attempt} kills landed during the run: {outcomes}"
+        run_dir = tmp_path / f"killed-{attempt}" / "run"
         child = context.Process(target=_train_with_slow_checkpoints, args=(run_dir, small_corpus))
         child.start()
         delay = delays.uniform(0.0, duration)
-        time.sleep(delay / 20 if repetition == 0 else delay)  # the first kill lands before any checkpoint
+        time.sleep(delay / 20 if attempt == 0 else delay)  # the first kill lands before any checkpoint
         os.kill(child.pid, signal.SIGKILL)
         child.join()
+        attempt += 1
+        if child.exitcode == 0:  # it ran faster than the timed child, so draw shorter delays
+            outcomes["finished before the kill"] += 1
+            duration *= 0.8
+            continue
+        landed += 1
         if (run_dir / "checkpoint.pt.tmp").exists():
             outcomes["inside a checkpoint write"] += 1
         if not (run_dir / "checkpoint.pt").exists():
             outcomes["no checkpoint yet"] += 1
-        if child.exitcode == 0:
-            outcomes["finished"] += 1
 
         _assert_files_parse(run_dir)
         result = train(KILL_CONFIG, run_dir, corpus=small_corpus, resume=(run_dir / "config.json").exists())
-        assert result.status == "completed", repetition
-        pd.testing.assert_frame_equal(_sorted_records(run_dir), expected_records, obj=f"records {repetition}")
+        assert result.status == "completed", attempt
+        pd.testing.assert_frame_equal(_sorted_records(run_dir), expected_records, obj=f"records {attempt}")
         spectra = read_csv_rows(run_dir / "spectra.csv").sort_values(["step", "index"]).reset_index(drop=True)
-        pd.testing.assert_frame_equal(spectra, expected_spectra, obj=f"spectra {repetition}")
+        pd.testing.assert_frame_equal(spectra, expected_spectra, obj=f"spectra {attempt}")
         _assert_same_weights(run_dir, reference)
-    print(f"kill -9 outcomes over {REPETITIONS} runs: {outcomes}")
-    assert outcomes["finished"] <= REPETITIONS // 4  # most kills must land during the run
+    print(f"kill -9 outcomes of {REPETITIONS} kills during the run ({attempt} attempts): {outcomes}")
 
 
 def test_partial_row_dropped_on_read_and_reopen(tmp_path):

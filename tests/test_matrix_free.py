@@ -37,11 +37,13 @@ def test_operator_products_match_matrix(tanh_case):
     np.testing.assert_allclose(scipy_view.matvec(vectors[:, 1].numpy()), (matrix @ vectors[:, 1]).numpy(), rtol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["lanczos", "arpack"])
+@pytest.mark.parametrize(
+    "method, block_size", [("lanczos", None), ("lanczos", 1), ("lanczos", 5), ("lanczos", 16), ("arpack", None)]
+)
 @pytest.mark.parametrize("which", ["largest", "smallest"])
-def test_extreme_values_match_svdvals(tanh_case, method, which):
+def test_extreme_values_match_svdvals(tanh_case, method, block_size, which):
     operator, exact = tanh_case
-    result = extreme_singular_values(operator, 8, which=which, method=method)
+    result = extreme_singular_values(operator, 8, which=which, method=method, block_size=block_size)
     reference = exact[:8] if which == "largest" else exact[::-1][:8]
     np.testing.assert_allclose(result.values, reference, rtol=1e-6)
     assert result.converged
@@ -59,13 +61,14 @@ def test_lanczos_small_values_of_ill_conditioned_map():
     np.testing.assert_allclose(result.values, exact[::-1][:4], rtol=1e-6, atol=1e-13 * exact[0])
 
 
+@pytest.mark.parametrize("block_size", [None, 1, 7])
 @pytest.mark.parametrize("which", ["largest", "smallest"])
-def test_identity_and_zero_maps(which):
+def test_identity_and_zero_maps(which, block_size):
     x = torch.randn(40, dtype=torch.float64)
-    identity = extreme_singular_values(JacobianOperator(nn.Identity(), x), 6, which=which)
+    identity = extreme_singular_values(JacobianOperator(nn.Identity(), x), 6, which=which, block_size=block_size)
     np.testing.assert_allclose(identity.values, np.ones(6), rtol=0, atol=1e-15)
     assert identity.converged
-    zero = extreme_singular_values(JacobianOperator(lambda v: 0.0 * v, x), 6, which=which)
+    zero = extreme_singular_values(JacobianOperator(lambda v: 0.0 * v, x), 6, which=which, block_size=block_size)
     np.testing.assert_array_equal(zero.values, np.zeros(6))
     assert zero.converged
 
@@ -77,6 +80,21 @@ def test_rezero_at_init_returns_ones():
     np.testing.assert_allclose(result.values, np.ones(5), atol=1e-12)
 
 
+@pytest.mark.parametrize("block_size", [1, 4, 30])
+def test_block_lanczos_on_wide_and_tall_maps(block_size):
+    """Non-square J: the Krylov space stops at min(m, n), where every residual is zero."""
+    torch.manual_seed(1)
+    for shape in ((30, 50), (50, 30)):
+        weight = torch.randn(*shape, dtype=torch.float64) / shape[1] ** 0.5
+        x = torch.randn(shape[1], dtype=torch.float64)
+        operator = JacobianOperator(lambda v, w=weight: torch.tanh(w @ v), x)
+        exact = torch.linalg.svdvals(jacobian_matrix(operator.fn, x)).numpy()
+        for which, reference in (("largest", exact[:6]), ("smallest", exact[::-1][:6])):
+            result = extreme_singular_values(operator, 6, which=which, block_size=block_size)
+            np.testing.assert_allclose(result.values, reference, rtol=1e-6)
+            assert result.converged
+
+
 def test_extreme_values_bad_arguments(tanh_case):
     operator, _ = tanh_case
     with pytest.raises(ValueError, match="k must be an integer between 1 and min"):
@@ -85,6 +103,10 @@ def test_extreme_values_bad_arguments(tanh_case):
         extreme_singular_values(operator, 2, method="power")
     with pytest.raises(ValueError, match="unknown which 'middle'"):
         extreme_singular_values(operator, 2, which="middle")
+    with pytest.raises(ValueError, match="block_size must be a positive integer, got 0"):
+        extreme_singular_values(operator, 2, block_size=0)
+    with pytest.raises(ValueError, match="max_steps must be a positive integer or None, got -3"):
+        extreme_singular_values(operator, 2, max_steps=-3)
 
 
 def known_spectrum_operator(singular_values, seed=0):

@@ -25,7 +25,7 @@ def test_mlp_mismatched_width_message():
         ({"width": 0, "depth": 2}, "width must be a positive integer, got 0"),
         ({"width": 8, "depth": 2, "activation": "sigmoid"}, "unknown activation 'sigmoid'"),
         ({"width": 8, "depth": 2, "init": "uniform"}, "unknown weight init 'uniform'"),
-        ({"width": 8, "depth": 2, "variant": "deepnorm"}, "unknown residual variant 'deepnorm'"),
+        ({"width": 8, "depth": 2, "variant": "deep_norm"}, "unknown residual variant 'deep_norm'"),
     ],
 )
 def test_mlp_bad_arguments(kwargs, message):

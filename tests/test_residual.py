@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from rezero_dynamics.models import DeepMLP, TransformerBlock, TransformerEncoder
-from rezero_dynamics.residual import VARIANTS, BlockStack, ResidualBlock, ReZeroGate, named_alphas
+from rezero_dynamics.residual import NORMED_VARIANTS, VARIANTS, BlockStack, ResidualBlock, ReZeroGate, named_alphas
 
 
 def make_block(variant, width=6, **kwargs):
@@ -13,7 +13,14 @@ def make_block(variant, width=6, **kwargs):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_formula(variant):
-    block = make_block(variant, alpha_init=0.7)
+    block = make_block(variant, alpha_init=0.7, residual_branches=4)
+    if variant == "fixup":
+        # Move the Fixup scalars and the zeroed layer off their initial values.
+        with torch.no_grad():
+            block.fixup_bias_in.fill_(0.3)
+            block.fixup_scale.fill_(1.5)
+            block.fixup_bias_out.fill_(-0.2)
+            block.sublayer.weight.normal_()
     x = torch.randn(3, 6)
     f = block.sublayer
     expected = {
@@ -22,6 +29,12 @@ def test_variant_formula(variant):
         "pre_norm": lambda: x + f(block.norm(x)),
         "post_norm": lambda: block.norm(x + f(x)),
         "rezero": lambda: x + 0.7 * f(x),
+        "rezero_pre_norm": lambda: x + 0.7 * f(block.norm(x)),
+        "rezero_post_norm": lambda: block.norm(x + 0.7 * f(x)),
+        "gpt2": lambda: x + f(block.norm(x)),
+        "fixup": lambda: x + (1.5 * f(x + 0.3) - 0.2),
+        "zero_gamma": lambda: x + block.norm(f(x)),
+        "deepnorm": lambda: block.norm(4**0.25 * x + f(x)),
     }[variant]()
     torch.testing.assert_close(block(x), expected)
 
@@ -33,10 +46,10 @@ def test_rezero_alpha_zero_is_identity():
 
 
 def test_norms_only_where_needed():
-    assert make_block("pre_norm").norm is not None
-    assert make_block("post_norm").norm is not None
-    for variant in ("none", "residual", "rezero"):
-        assert make_block(variant).norm is None
+    for variant in NORMED_VARIANTS:
+        assert make_block(variant, residual_branches=4).norm is not None
+    for variant in ("none", "residual", "rezero", "fixup"):
+        assert make_block(variant, residual_branches=4).norm is None
 
 
 def test_each_block_owns_its_norm():

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .._checks import check_positive_int
-from ..residual import BlockStack, ResidualBlock, check_variant, named_alphas
+from ..residual import FINAL_NORM_VARIANTS, BlockStack, ResidualBlock, check_variant, make_norm, named_alphas
 
 ACTIVATIONS: tuple[str, ...] = ("tanh", "relu", "linear")
 WEIGHT_INITS: tuple[str, ...] = ("gaussian", "orthogonal")
@@ -75,14 +75,22 @@ class DeepMLP(nn.Module):
         init: ``gaussian`` (variance sigma_w^2 / width) or ``orthogonal`` (gain sigma_w).
         sigma_w, sigma_b: weight and bias scales of the blocks' dense layers.
         bias: whether the blocks' dense layers have a bias.
-        norm: ``layer`` or ``batch``; used by ``pre_norm`` and ``post_norm`` only.
-        alpha_init: initial alpha of ``rezero`` blocks.
+        norm: ``layer`` or ``batch``; used by the variants with a norm
+            (``rezero_dynamics.residual.NORMED_VARIANTS``) only.
+        alpha_init: initial alpha of ``rezero``, ``rezero_pre_norm`` and
+            ``rezero_post_norm`` blocks.
         in_features: if given, a Linear layer maps (..., in_features) to the width first.
         out_features: if given, a Linear head maps the width to (..., out_features).
         generator: random source for the initialisation, for reproducible models.
 
     Shapes: input (..., in_features or width), output (..., out_features or width).
     ``stack`` is the hidden-to-hidden part, ``blocks`` its blocks in order.
+
+    Each block has one residual branch, so the depth-aware variants see L = ``depth``:
+    ``gpt2`` scales each block's weight W by 1/sqrt(depth) and adds a final norm (of
+    kind ``norm``) to the stack, ``deepnorm`` uses a = depth^(1/4) and scales W by
+    (4 depth)^(-1/4), and ``fixup`` sets W (the branch's only weight layer) and the head
+    to 0.
     """
 
     def __init__(
@@ -113,6 +121,13 @@ class DeepMLP(nn.Module):
             raise ValueError(f"sigma_w must be a positive finite number, got {sigma_w!r}")
         if not (math.isfinite(sigma_b) and sigma_b >= 0):
             raise ValueError(f"sigma_b must be a finite number >= 0, got {sigma_b!r}")
+        if variant == "fixup" and activation == "relu":
+            raise ValueError(
+                "variant 'fixup' with activation 'relu' cannot learn: Fixup sets each block's only "
+                "dense layer to 0, so ReLU(W x + b) starts at ReLU's kink, where PyTorch's gradient "
+                "is 0, and W, b and the Fixup scalars never get a gradient; use activation 'tanh' "
+                "or 'linear'"
+            )
         self.width = width
         self.variant = variant
 
@@ -121,9 +136,16 @@ class DeepMLP(nn.Module):
         for _ in range(depth):
             branch = DenseBranch(width, activation, bias=bias)
             init_dense(branch.linear, init, sigma_w, sigma_b, generator)
-            blocks.append(ResidualBlock(branch, variant, width, norm=norm, alpha_init=alpha_init))
-        self.stack = BlockStack(blocks)
+            blocks.append(
+                ResidualBlock(branch, variant, width, norm=norm, alpha_init=alpha_init, residual_branches=depth)
+            )
+        final_norm = make_norm(norm, width) if variant in FINAL_NORM_VARIANTS else None
+        self.stack = BlockStack(blocks, final_norm)
         self.output_layer = nn.Linear(width, out_features) if out_features is not None else None
+        if variant == "fixup" and self.output_layer is not None:
+            # Fixup initialises the classification layer to 0 as well.
+            nn.init.zeros_(self.output_layer.weight)
+            nn.init.zeros_(self.output_layer.bias)
 
     @property
     def blocks(self) -> nn.ModuleList:

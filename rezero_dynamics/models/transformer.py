@@ -18,7 +18,15 @@ import torch
 from torch import nn
 
 from .._checks import check_positive_int
-from ..residual import BlockStack, ResidualBlock, ReZeroGate, check_variant, named_alphas
+from ..residual import (
+    FINAL_NORM_VARIANTS,
+    GATED_VARIANTS,
+    BlockStack,
+    ResidualBlock,
+    ReZeroGate,
+    check_variant,
+    named_alphas,
+)
 
 FEED_FORWARD_ACTIVATIONS: tuple[str, ...] = ("relu", "gelu")
 
@@ -61,6 +69,14 @@ class SelfAttention(nn.Module):
         y = (weights @ v).transpose(-3, -2).flatten(-2)  # (..., T, D)
         return self.output_dropout(self.out(y))
 
+    def value_path_weights(self) -> list[torch.Tensor]:
+        """Return the value projection (rows 2D..3D of ``qkv.weight``, a view) and ``out.weight``.
+
+        DeepNorm scales these at initialisation and leaves the query and key projections.
+        """
+        d_model = self.out.in_features
+        return [self.qkv.weight[2 * d_model :], self.out.weight]
+
 
 class FeedForward(nn.Module):
     """Position-wise feed-forward network D -> d_ff -> D; (..., T, D) -> (..., T, D)."""
@@ -87,9 +103,13 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """One Transformer layer: an attention sublayer, then a feed-forward sublayer.
 
-    Each sublayer is wrapped in ``ResidualBlock(variant)`` with its own norm. For
-    ``rezero``, one alpha gates both sublayers (``self.gate``), as in the ReZero
-    authors' code; ``alpha_per_sublayer=True`` gives each sublayer its own alpha.
+    Each sublayer is wrapped in ``ResidualBlock(variant)`` with its own norm. For the
+    gated variants (``rezero``, ``rezero_pre_norm``, ``rezero_post_norm``), one alpha
+    gates both sublayers (``self.gate``), as in the ReZero authors' code;
+    ``alpha_per_sublayer=True`` gives each sublayer its own alpha.
+    ``residual_branches`` is L for ``gpt2``, ``fixup`` and ``deepnorm``: the number of
+    residual branches in the whole stack, 2 per layer. The output projections (``out``
+    of attention, ``contract`` of the feed-forward network) are the branches' last layers.
     """
 
     def __init__(
@@ -104,15 +124,17 @@ class TransformerBlock(nn.Module):
         alpha_init: float = 0.0,
         alpha_per_sublayer: bool = False,
         activation: str = "relu",
+        residual_branches: int | None = None,
     ) -> None:
         super().__init__()
         check_variant(variant)
         # Registered before the sublayers, so the shared alpha is named "<block>.gate.alpha".
-        self.gate = ReZeroGate(alpha_init) if variant == "rezero" and not alpha_per_sublayer else None
+        self.gate = ReZeroGate(alpha_init) if variant in GATED_VARIANTS and not alpha_per_sublayer else None
         attention = SelfAttention(d_model, heads, causal=causal, dropout=dropout)
         feed_forward = FeedForward(d_model, d_ff, activation=activation, dropout=dropout)
-        self.attention = ResidualBlock(attention, variant, d_model, alpha_init=alpha_init, gate=self.gate)
-        self.feed_forward = ResidualBlock(feed_forward, variant, d_model, alpha_init=alpha_init, gate=self.gate)
+        options = {"alpha_init": alpha_init, "gate": self.gate, "residual_branches": residual_branches}
+        self.attention = ResidualBlock(attention, variant, d_model, **options)
+        self.feed_forward = ResidualBlock(feed_forward, variant, d_model, **options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.feed_forward(self.attention(x))
@@ -122,7 +144,8 @@ class TransformerEncoder(BlockStack):
     """A stack of ``depth`` Transformer layers; embeddings (..., T, D) in, (..., T, D) out.
 
     This is the endpoint of the ReZero paper's Jacobian analysis: no token embedding, no
-    head. ``final_norm=True`` adds a LayerNorm after the last layer (usual with pre-norm).
+    head. ``final_norm=True`` adds a LayerNorm after the last layer (usual with pre-norm);
+    ``gpt2`` always has one. The depth-aware variants see L = 2 * depth residual branches.
     """
 
     def __init__(
@@ -152,9 +175,11 @@ class TransformerEncoder(BlockStack):
                 d_model, heads, d_ff, variant,
                 causal=causal, dropout=dropout, alpha_init=alpha_init,
                 alpha_per_sublayer=alpha_per_sublayer, activation=activation,
+                residual_branches=2 * depth,
             )
             for _ in range(depth)
         ]
+        final_norm = final_norm or variant in FINAL_NORM_VARIANTS
         super().__init__(blocks, nn.LayerNorm(d_model) if final_norm else None)
         self.d_model = d_model
         self.variant = variant
@@ -215,6 +240,10 @@ class CharTransformerLM(nn.Module):
             final_norm=final_norm,
         )
         self.head = nn.Linear(d_model, vocab_size)
+        if variant == "fixup":
+            # Fixup initialises the classification layer to 0 as well.
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     @property
     def blocks(self) -> nn.ModuleList:

@@ -86,8 +86,12 @@ def reproduce(
     data_path: str | None = None,
     device: str | None = None,
     progress: bool = False,
+    devices: list[str] | None = None,
 ) -> Path:
-    """Run the study at ``scale`` into ``output_dir`` and write its report; return the report path."""
+    """Run the study at ``scale`` into ``output_dir`` and write its report; return the report path.
+
+    ``devices`` spreads the runs over several devices, one worker process each (see ``compare``).
+    """
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     settings = SCALES[scale]
@@ -105,7 +109,7 @@ def reproduce(
     started = time.perf_counter()
     runs = compare(
         base, output_dir, variants=settings.variants, depths=settings.depths, seeds=settings.seeds,
-        target=settings.target, progress=progress, overrides=settings.overrides,
+        target=settings.target, progress=progress, overrides=settings.overrides, devices=devices,
     )
     seconds = time.perf_counter() - started
     records = collect_records(output_dir)

@@ -64,6 +64,7 @@ class SpectrumConfig:
     activation: str = "tanh"
     init: str = "gaussian"
     sigma_w: float = 1.0
+    sigma_b: float = 0.0
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float64"
@@ -108,6 +109,8 @@ class SpectrumConfig:
             )
         if not math.isfinite(self.alpha_init) or not math.isfinite(self.sigma_w):
             raise ValueError(f"alpha_init and sigma_w must be finite, got {self.alpha_init} and {self.sigma_w}")
+        if not (math.isfinite(self.sigma_b) and self.sigma_b >= 0):
+            raise ValueError(f"sigma_b must be a finite number >= 0, got {self.sigma_b}")
         if self.memory_budget <= 0:
             raise ValueError(f"memory_budget must be positive, got {self.memory_budget} bytes")
         return self
@@ -132,7 +135,7 @@ def build_stack(config: SpectrumConfig, variant: str, depth: int) -> nn.Module:
         )
     return DeepMLP(
         config.width, depth, activation=config.activation, variant=variant, init=config.init,
-        sigma_w=config.sigma_w, alpha_init=config.alpha_init,
+        sigma_w=config.sigma_w, sigma_b=config.sigma_b, alpha_init=config.alpha_init,
     ).stack
 
 
@@ -253,20 +256,37 @@ def _matrix_free_job(stack, inputs, config: SpectrumConfig, method: str, dtype) 
 
 def theory_overlays(config: SpectrumConfig) -> dict[int, pd.DataFrame]:
     """Return the predicted density of log10 singular values per depth, where theory covers
-    the study's setting: a linear MLP without skips and with Gaussian weights (Fuss-Catalan
-    law of products of Gaussian matrices, large width). Raises ValueError otherwise."""
-    from ..theory import fuss_catalan_overlay
+    the study's setting. Raises ValueError otherwise.
 
-    covered = (
-        config.model == "mlp" and config.activation == "linear" and config.init == "gaussian"
-        and tuple(config.variants) == ("none",)
+    Covered: linear MLPs with Gaussian weights (biases are 0 by default) and one variant,
+
+    * ``none``: products of Gaussian matrices (Fuss-Catalan law);
+    * ``residual`` or ``rezero``: prod (I + alpha W) with alpha = sigma_w, or
+      alpha_init * sigma_w for ReZero, by the alpha^2 L = t limit (free multiplicative
+      Brownian motion), which needs small alpha and many layers.
+    """
+    from ..theory import fuss_catalan_overlay, residual_linear_overlay
+
+    linear_gaussian = config.model == "mlp" and config.activation == "linear" and config.init == "gaussian"
+    variants = tuple(config.variants)
+    if linear_gaussian and variants == ("none",):
+        return {depth: fuss_catalan_overlay(depth, sigma2=config.sigma_w**2) for depth in config.depths}
+    if linear_gaussian and variants in (("residual",), ("rezero",)):
+        alpha = config.sigma_w * (config.alpha_init if variants == ("rezero",) else 1.0)
+        for depth in config.depths:
+            # The limit's m_1 = e^t against the exact (1 + alpha^2)^L: apart by L alpha^4 / 2 in log.
+            gap = abs(depth * math.log1p(alpha**2) - depth * alpha**2) if alpha > 0 else math.inf
+            if gap > 0.05:
+                raise ValueError(
+                    f"the residual-network theory curve needs alpha^2 small and depth large; at alpha={alpha:g} "
+                    f"and depth {depth} its mean squared singular value is off by {math.expm1(gap):.0%}. "
+                    "Use a smaller --sigma-w (residual) or --alpha-init (rezero), between 0 and about 0.3"
+                )
+        return {depth: residual_linear_overlay(alpha, depth) for depth in config.depths}
+    raise ValueError(
+        "no theory curve covers this setting; theory overlays need --model mlp --activation linear "
+        "--init gaussian and one of --variants none, residual or rezero (with --alpha-init above 0)"
     )
-    if not covered:
-        raise ValueError(
-            "no theory curve covers this setting; theory overlays need --model mlp --activation linear "
-            "--init gaussian --variants none (products of Gaussian matrices)"
-        )
-    return {depth: fuss_catalan_overlay(depth, sigma2=config.sigma_w**2) for depth in config.depths}
 
 
 def summarise_by_group(summary: pd.DataFrame, values: pd.DataFrame, tiny: float = 1e-3) -> pd.DataFrame:

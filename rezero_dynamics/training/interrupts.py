@@ -21,16 +21,18 @@ SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 class DeferredSignals:
     """Context manager that holds back SIGINT and SIGTERM until ``stop_if_requested``.
 
-    Signal handlers can only be set from the main thread. In another thread nothing is
-    deferred, and neither is a signal whose previous handler ignores it.
+    Signal handlers can only be set from the main thread. In another thread, or with
+    ``enabled=False``, nothing is deferred, and neither is a signal whose previous
+    handler ignores it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self.received: int | None = None
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "DeferredSignals":
-        if threading.current_thread() is not threading.main_thread():
+        if not self.enabled or threading.current_thread() is not threading.main_thread():
             return self
         for number in SIGNALS:
             previous = signal.getsignal(number)

@@ -37,17 +37,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import CharCorpus, load_cifar10, load_digits, load_enwik8
-from ..models import ACTIVATIONS, WEIGHT_INITS
+from ..models import ACTIVATIONS, RESNET_VARIANTS, WEIGHT_INITS
+from ..models.resnet import resnet_blocks_per_stage
 from ..residual import NORMS, check_variant
 from ..tracking import RECORDS_FILE, Every, LogSpaced, RecordWriter, Tracker
 from ..tracking.records import read_csv_rows, read_records, replace_atomically
 from .checkpoints import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from .distributed import Distributed, check_batch_size, distributed_from_environment, rank_device
 from .interrupts import DeferredSignals
+from .step import PRECISIONS, TrainingStep
 from .tasks import ClassificationTask, LanguageModelTask
 
 log = logging.getLogger(__name__)
 
 TASKS: dict[str, tuple[str, ...]] = {"lm": ("default", "enwik8"), "classifier": ("digits", "cifar10")}
+CLASSIFIER_MODELS: tuple[str, ...] = ("mlp", "resnet")
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "adagrad")
 DECAYS: tuple[str, ...] = ("none", "cosine", "linear")
 TRACK_SCHEDULES: tuple[str, ...] = ("every", "log")
@@ -62,7 +66,11 @@ class TrainConfig:
     ``task`` is ``lm`` (data ``default`` or ``enwik8``) or ``classifier`` (data ``digits``
     or ``cifar10``); ``data_path`` locates enwik8 or the CIFAR-10 batch folder. The LM
     uses d_model, heads, d_ff and seq_len; the classifier's MLP uses width, activation,
-    init, sigma_w and norm.
+    init, sigma_w and norm. ``classifier_model="resnet"`` trains a CIFAR ResNet instead,
+    with ``depth`` its number of weighted layers (6n + 2: 20, 56, 110, ...). ``batch_size``
+    is the global batch, split over the processes of a ``torchrun`` run. ``precision``
+    (fp32, bf16 or fp16) sets autocast for the forward pass and the loss; ``compile``
+    runs the model through ``torch.compile``.
     """
 
     task: str = "lm"
@@ -79,6 +87,7 @@ class TrainConfig:
     init: str = "gaussian"
     sigma_w: float = 1.0
     norm: str = "layer"
+    classifier_model: str = "mlp"
     alpha_init: float = 0.0
     dropout: float = 0.0
     batch_size: int = 16
@@ -101,6 +110,8 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"
+    compile: bool = False
 
     def validate(self) -> "TrainConfig":
         """Return self, or raise ValueError naming the first invalid setting and the fix."""
@@ -119,7 +130,7 @@ class TrainConfig:
         for name in ("eval_every", "track_every", "checkpoint_every", "warmup_steps", "spectrum_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 disables), got {getattr(self, name)}")
-        choices = {"track_schedule": TRACK_SCHEDULES, "optimizer": OPTIMIZERS, "decay": DECAYS, "activation": ACTIVATIONS, "init": WEIGHT_INITS, "norm": NORMS}
+        choices = {"track_schedule": TRACK_SCHEDULES, "optimizer": OPTIMIZERS, "decay": DECAYS, "activation": ACTIVATIONS, "init": WEIGHT_INITS, "norm": NORMS, "classifier_model": CLASSIFIER_MODELS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
@@ -142,7 +153,20 @@ class TrainConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.classifier_model == "resnet":
+            self._validate_resnet()
         return self
+
+    def _validate_resnet(self) -> None:
+        if self.task != "classifier":
+            raise ValueError(f"classifier_model 'resnet' needs task 'classifier', got task {self.task!r}")
+        if self.variant not in RESNET_VARIANTS:
+            raise ValueError(
+                f"variant {self.variant!r} is not available for the ResNet; choose one of {', '.join(RESNET_VARIANTS)}"
+            )
+        resnet_blocks_per_stage(self.depth)  # raises unless depth = 6n + 2
 
 
 @dataclass
@@ -212,6 +236,17 @@ def _write_json(path: Path, payload: dict) -> None:
     replace_atomically(path, lambda temporary: temporary.write_text(json.dumps(payload, indent=2)))
 
 
+def _wrap_model(model: nn.Module, device: torch.device, config: TrainConfig, context: Distributed) -> nn.Module:
+    """Return the module that computes the loss: ``model`` in DistributedDataParallel
+    under torchrun, then through ``torch.compile`` if ``config.compile``."""
+    wrapped = model
+    if context.enabled:
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
 def _truncate_after(path: Path, after_step: int) -> None:
     """Drop rows of a CSV with a ``step`` column recorded after ``after_step``, and a
     partial last row. A file without a complete header is removed."""
@@ -257,24 +292,40 @@ def train(
 
     The run uses its own forked RNG seeded with ``config.seed``: model initialisation and
     dropout masks depend on the seed alone, and the caller's RNG state is left untouched.
+
+    Started by ``torchrun`` (``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set), every process
+    calls ``train`` with the same settings: the model is wrapped in
+    DistributedDataParallel, each rank trains on its slice of the global batch, and rank
+    0 alone evaluates and writes records, spectra, checkpoints and the status. A
+    checkpoint resumes under any number of processes that divides ``batch_size``.
     """
     config.validate()
     run_dir = Path(run_dir)
     task = build_task(config, corpus)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(config.device)
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), DeferredSignals() as signals:
-        torch.manual_seed(config.seed)
-        return _train(config, task, run_dir, device, resume, run_name or run_dir.name, progress, signals)
+    with distributed_from_environment(torch.device(config.device)) as context:
+        check_batch_size(config.batch_size, context)
+        device = rank_device(torch.device(config.device), context)
+        if context.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        devices = [device.index or 0] if device.type == "cuda" else []
+        # NOTE: under torchrun the ranks could see a signal at different steps and then wait
+        # on each other, so signals are not deferred there and stop the run at once.
+        signals = DeferredSignals(enabled=not context.enabled)
+        with torch.random.fork_rng(devices=devices), signals:
+            torch.manual_seed(config.seed)
+            return _train(config, task, run_dir, device, resume, run_name or run_dir.name, progress, context, signals)
 
 
-def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resume: bool, run_name: str, progress: bool,
-           signals: DeferredSignals) -> TrainResult:
+def _train(
+    config: TrainConfig, task, run_dir: Path, device: torch.device, resume: bool, run_name: str, progress: bool,
+    context: Distributed = Distributed(), signals: DeferredSignals | None = None,
+) -> TrainResult:
+    signals = signals or DeferredSignals(enabled=False)
     model = task.build_model().to(device).train()
     # The probe is built from the freshly initialised model, before any checkpoint is
     # loaded, so a resumed run measures spectra on the same inputs as an uninterrupted one.
-    probe = task.probe(model, config.spectrum_inputs, config.spectrum_tokens) if config.spectrum_every else None
+    main = context.is_main
+    probe = task.probe(model, config.spectrum_inputs, config.spectrum_tokens) if config.spectrum_every and main else None
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
     generator = torch.Generator().manual_seed(config.seed)
@@ -283,12 +334,14 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
     records_path = run_dir / RECORDS_FILE
     spectra_path = run_dir / SPECTRA_FILE
     start = 0
+    state: dict = {}
 
     if resume and not checkpoint_path.exists() and (run_dir / "config.json").is_file():
         # The run was killed before its first checkpoint: start it again at step 0.
         _check_same_settings(json.loads((run_dir / "config.json").read_text()), settings, "config.json's")
-        _truncate_after(records_path, -1)
-        _truncate_after(spectra_path, -1)
+        if main:
+            _truncate_after(records_path, -1)
+            _truncate_after(spectra_path, -1)
     elif resume:
         state = load_checkpoint(checkpoint_path, map_location=device)
         _check_same_settings(state["config"], settings, "checkpoint's")
@@ -300,28 +353,44 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
         if device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         start = state["step"] + 1
-        _truncate_after(records_path, state["step"])
-        _truncate_after(spectra_path, state["step"])
-    elif records_path.exists() or checkpoint_path.exists():
+        if main:
+            _truncate_after(records_path, state["step"])
+            _truncate_after(spectra_path, state["step"])
+    elif main and (records_path.exists() or checkpoint_path.exists()):
         raise ValueError(f"{run_dir} already contains a run; resume it (--resume) or choose a new folder")
+    if context.rank > 0:
+        # Each rank draws its own dropout masks. NOTE: on ranks > 0 they restart from
+        # this seed at a resume, so only rank 0's masks continue exactly.
+        torch.manual_seed(hash((config.seed, context.rank, start)) % 2**63)
 
-    _write_json(run_dir / "config.json", settings)
+    # Rank 0 records; the other ranks' trackers record nothing and write nothing.
     tracker = Tracker(
-        model, RecordWriter(records_path), run=run_name, schedule=track_schedule(config),
+        model, RecordWriter(records_path) if main else None, run=run_name,
+        schedule=track_schedule(config) if main else Every(0), activation_rms=main, update_norm=main,
         spectrum_probe=probe,
-        spectrum_schedule=Every(config.spectrum_every), spectra_path=spectra_path,
+        spectrum_schedule=Every(config.spectrum_every), spectra_path=spectra_path if main else None,
     )
-    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    run_step = TrainingStep(
+        _wrap_model(model, device, config, context), list(model.parameters()), task.loss, optimizer, scheduler,
+        tracker, device=device, precision=config.precision, clip_norm=config.clip_norm, context=context,
+    )
+    if resume and "scaler" in state:
+        run_step.scaler.load_state_dict(state["scaler"])
     status, cause, step = "running", None, start - 1
-    _write_json(run_dir / STATUS_FILE, {"status": status, "step": step, "cause": None})
+    if main:
+        _write_json(run_dir / "config.json", settings)
+        _write_json(run_dir / STATUS_FILE, {"status": status, "step": step, "cause": None})
 
     def save(at_step: int) -> None:
+        if not main:
+            return
         save_checkpoint(
             {
                 "config": settings, "step": at_step, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "batch_rng": generator.get_state(), "torch_rng": torch.get_rng_state(),
                 **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+                **({"scaler": run_step.scaler.state_dict()} if run_step.scaler.is_enabled() else {}),
             },
             checkpoint_path,
         )
@@ -332,7 +401,7 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
             save(at_step)  # the step just finished, so a resumed run continues exactly
 
     def divergence() -> str | None:
-        bad = int(first_bad_step.item())  # a host sync, only at evaluations, spectra and checkpoints
+        bad = int(run_step.first_bad_step.item())  # a host sync, only at evaluations, spectra and checkpoints
         return None if bad < 0 else f"non-finite loss or gradient norm at step {bad}"
 
     started = time.perf_counter()
@@ -347,23 +416,9 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
                 if cause:
                     status = "diverged"
                     break
-            if evaluate:
+            if evaluate and main:
                 tracker.record_scalar(step, task.metric, task.evaluate(model, device))
-            tracker.start_step(step)
-            loss = task.loss(model, task.train_batch(generator, device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.clip_norm is not None:
-                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-            else:
-                grads = [p.grad for p in model.parameters() if p.grad is not None]
-                grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-            finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
-            first_bad_step = torch.where(~finite & (first_bad_step < 0), step, first_bad_step)
-            tracker.record_gradients(step, loss, scheduler.get_last_lr()[0])
-            optimizer.step()
-            scheduler.step()
-            tracker.end_step(step)
+            run_step(step, task.train_batch(generator, device))
 
             last = step == config.steps - 1
             checkpoint = (config.checkpoint_every and step % config.checkpoint_every == 0 and step > 0) or last
@@ -377,8 +432,9 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
             signals.stop_if_requested(lambda: save_on_stop(step, saved=checkpoint))
         else:
             status = "completed"
-            tracker.record_scalar(config.steps, task.metric, task.evaluate(model, device))
-            if config.spectrum_every:
+            if main:
+                tracker.record_scalar(config.steps, task.metric, task.evaluate(model, device))
+            if config.spectrum_every and main:
                 tracker.record_spectrum(config.steps)  # the trained model, after the last update
             tracker.flush()
     except Exception as error:
@@ -391,8 +447,9 @@ def _train(config: TrainConfig, task, run_dir: Path, device: torch.device, resum
     finally:
         tracker.close()
         seconds = round(time.perf_counter() - started, 2)
-        _write_json(run_dir / STATUS_FILE, {"status": status, "step": step, "cause": cause, "seconds": seconds})
-        if status == "diverged":
+        if main:
+            _write_json(run_dir / STATUS_FILE, {"status": status, "step": step, "cause": cause, "seconds": seconds})
+        if status == "diverged" and main:
             checkpoint_note = "the last finite checkpoint" if checkpoint_path.exists() else "no checkpoint (none was due before)"
             log.warning("%s diverged: %s; records and %s are kept in %s", run_name, cause, checkpoint_note, run_dir)
     return TrainResult(status, step, cause, run_dir)

@@ -2,8 +2,8 @@
 
 * ``LanguageModelTask``: next-character prediction with ``CharTransformerLM``; the metric
   is validation bits per character (lower is better).
-* ``ClassificationTask``: image classification with a ``DeepMLP``; the metric is
-  validation accuracy (higher is better).
+* ``ClassificationTask``: image classification with a ``DeepMLP`` or a ``CifarResNet``;
+  the metric is validation accuracy (higher is better).
 
 ``probe`` returns the block stack and a fixed input batch for Jacobian spectra during
 training: embeddings in, hidden states out, as in the ReZero paper's analysis.
@@ -20,7 +20,7 @@ from torch import nn
 
 from ..data.images import ImageDataset
 from ..data.text import CharCorpus
-from ..models import CharTransformerLM, DeepMLP
+from ..models import CharTransformerLM, CifarResNet, DeepMLP
 from .metrics import LN2
 
 if TYPE_CHECKING:
@@ -104,8 +104,12 @@ class LanguageModelTask:
             return model.encoder, model.embed(windows.to(device))
 
 
+IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {"digits": (1, 8, 8), "cifar10": (3, 32, 32)}
+"""(C, H, W) of each image data set, whose images are stored flattened."""
+
+
 class ClassificationTask:
-    """Classification of flattened images with a deep MLP."""
+    """Classification of flattened images with a deep MLP or a CIFAR ResNet."""
 
     metric = "val_accuracy"
     lower_is_better = False
@@ -114,8 +118,14 @@ class ClassificationTask:
         self.dataset = dataset
         self.config = config
 
-    def build_model(self) -> DeepMLP:
+    def build_model(self) -> DeepMLP | CifarResNet:
         c = self.config
+        if c.classifier_model == "resnet":
+            shape = IMAGE_SHAPES[c.data]
+            return CifarResNet(
+                c.depth, variant=c.variant, num_classes=self.dataset.num_classes, in_channels=shape[0],
+                image_shape=shape, alpha_init=c.alpha_init,
+            )
         return DeepMLP(
             c.width, c.depth, activation=c.activation, variant=c.variant, init=c.init,
             sigma_w=c.sigma_w, norm=c.norm, alpha_init=c.alpha_init,
@@ -142,8 +152,12 @@ class ClassificationTask:
                 correct += (logits.argmax(dim=-1) == to_device(labels[start : start + 1024], device)).sum()
         return (correct / len(labels)).item()
 
-    def probe(self, model: DeepMLP, num_inputs: int, tokens: int) -> tuple[nn.Module, torch.Tensor]:
+    def probe(self, model: DeepMLP | CifarResNet, num_inputs: int, tokens: int) -> tuple[nn.Module, torch.Tensor]:
         """Return the block stack and the hidden inputs of the first validation images."""
         device = next(model.parameters()).device
+        images = self.dataset.validation[0][:num_inputs].to(device)
         with torch.no_grad():
-            return model.stack, model.input_layer(self.dataset.validation[0][:num_inputs].to(device))
+            if isinstance(model, CifarResNet):
+                with evaluation_mode(model):  # the stem's batch norm uses running statistics
+                    return model.stack, model.embed(images)
+            return model.stack, model.input_layer(images)
