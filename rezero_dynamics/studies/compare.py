@@ -151,6 +151,7 @@ def compare(
             for index in pending:
                 finished(index, train_job(*jobs[index], continues(index)))
     except BaseException as error:
+        # NOTE: the tests interrupt only the single-process path; the worker path is untested here.
         if not isinstance(error, Exception):  # SIGINT or SIGTERM: mark the runs it stopped
             for index in pending:
                 if index not in rows and jobs[index][2].exists():
