@@ -219,7 +219,7 @@ def test_kill_nine_then_resume(tmp_path, small_corpus, one_thread):
         child = context.Process(target=_train_with_slow_checkpoints, args=(run_dir, small_corpus))
         child.start()
         delay = delays.uniform(0.0, duration)
-        time.sleep(delay / 20 if attempt == 0 else delay)  # the first kill lands before any checkpoint
+        time.sleep(delay / 20 if attempt < 2 else delay)  # the first kills land before any checkpoint
         os.kill(child.pid, signal.SIGKILL)
         child.join()
         attempt += 1

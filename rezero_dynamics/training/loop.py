@@ -363,6 +363,8 @@ def _train(
         # this seed at a resume, so only rank 0's masks continue exactly.
         torch.manual_seed(hash((config.seed, context.rank, start)) % 2**63)
 
+    if main:  # before any record file, so a folder killed at any moment can be resumed
+        _write_json(run_dir / "config.json", settings)
     # Rank 0 records; the other ranks' trackers record nothing and write nothing.
     tracker = Tracker(
         model, RecordWriter(records_path) if main else None, run=run_name,
@@ -378,7 +380,6 @@ def _train(
         run_step.scaler.load_state_dict(state["scaler"])
     status, cause, step = "running", None, start - 1
     if main:
-        _write_json(run_dir / "config.json", settings)
         _write_json(run_dir / STATUS_FILE, {"status": status, "step": step, "cause": None})
 
     def save(at_step: int) -> None:
