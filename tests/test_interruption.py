@@ -154,6 +154,19 @@ def one_thread():
 
 def _train_with_slow_checkpoints(run_dir: Path, corpus: CharCorpus) -> None:
     """Child process: train, writing each checkpoint in small chunks so kills land inside writes."""
+    # tqdm guards every bar, even a disabled one, with a multiprocessing lock that a forked
+    # child shares with its parent. A child killed while holding it would block the
+    # parent's next bar forever, so the child makes locks of its own.
+    import threading
+
+    import tqdm.std
+
+    from rezero_dynamics.training import loop
+
+    tqdm.std.TqdmDefaultWriteLock.mp_lock = multiprocessing.RLock()
+    tqdm.std.TqdmDefaultWriteLock.th_lock = threading.RLock()
+    for bar_class in {tqdm.std.tqdm, loop.tqdm}:
+        bar_class.set_lock(tqdm.std.TqdmDefaultWriteLock())
     torch.set_num_threads(1)
     real_save = torch.save
 
