@@ -19,6 +19,7 @@ import dataclasses
 import importlib.util
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -259,7 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser.add_argument("--target", type=_finite_float, default=None, help="validation metric value for steps-to-target")
     compare_parser.add_argument("--output-dir", type=Path, default=None, help="folder; default runs/compare-YYYYmmdd-HHMMSS")
     compare_parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    compare_parser.set_defaults(handler=run_compare, interrupted_note="finished runs are kept in runs.csv")
+    compare_parser.add_argument(
+        "--resume", action="store_true",
+        help="continue the comparison in --output-dir: keep finished runs, resume the others",
+    )
+    compare_parser.set_defaults(
+        handler=run_compare, interrupted_note="finished runs are kept in runs.csv; continue with --resume"
+    )
 
     reproduce_parser = commands.add_parser(
         "reproduce", help="the main study: variants side by side, with a report",
@@ -444,6 +451,8 @@ def run_spectrum(args: argparse.Namespace) -> int:
 
     from .plots import plot_log10_density, plot_log10_singular_value_histograms
 
+    if not math.isfinite(args.memory_budget * 2**30):
+        raise CommandError(f"--memory-budget {args.memory_budget:g} GiB is too large; give the memory in GiB, e.g. 2")
     config = SpectrumConfig(
         model=args.model, variants=args.variants, depths=args.depths, width=args.width,
         heads=args.heads, d_ff=args.d_ff, seq_len=args.seq_len, num_inputs=args.num_inputs,
@@ -507,9 +516,14 @@ def _new_folder(output_dir: Path) -> Path:
     """
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise CommandError(f"--output-dir {output_dir}: exists and is not an empty folder; choose a new path")
-    existing = output_dir.absolute()
-    while not existing.exists():
-        existing = existing.parent
+    existing = output_dir  # a relative path ends at ".", which exists
+    try:
+        while not existing.exists():
+            existing = existing.parent
+    except OSError as error:  # e.g. a folder on the way that this user may not search
+        raise CommandError(
+            f"--output-dir {output_dir}: cannot be written ({error.strerror or error}); choose a writable path"
+        ) from None
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise CommandError(f"--output-dir {output_dir}: cannot be written under {existing}; choose a writable path")
     return output_dir
@@ -525,7 +539,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.output_dir is None:
             raise CommandError("--resume needs --output-dir: the run folder to continue")
-        if not (args.output_dir / "checkpoint.pt").is_file():
+        if not any((args.output_dir / name).is_file() for name in ("checkpoint.pt", "config.json")):
             raise CommandError(f"--resume: no checkpoint.pt in {args.output_dir}; pass the folder of an earlier run")
     context = torchrun_environment() or Distributed()
     if context.enabled and args.output_dir is None:
@@ -548,9 +562,15 @@ def run_compare(args: argparse.Namespace) -> int:
     from .studies import compare
 
     base = _train_config(args, variant=args.variants[0], depth=args.depths[0], seed=args.seeds[0])
-    output_dir = _new_folder(args.output_dir or _default_dir("compare"))
+    if args.resume:
+        if args.output_dir is None or not (args.output_dir / "runs").is_dir():
+            raise CommandError("--resume needs --output-dir: the folder of an earlier comparison, with its runs folder")
+        output_dir = args.output_dir
+    else:
+        output_dir = _new_folder(args.output_dir or _default_dir("compare"))
     runs = compare(base, output_dir, variants=args.variants, depths=args.depths, seeds=args.seeds,
-                   target=args.target, progress=not args.no_progress, devices=compare_devices(args.device, args.devices))
+                   target=args.target, progress=not args.no_progress, devices=compare_devices(args.device, args.devices),
+                   resume=args.resume)
     print(runs[["run", "status", "step", "final_loss_bits", "final_metric", "steps_to_target"]].to_string(index=False))
     print(f"wrote {output_dir / 'runs.csv'}")
     return 0
@@ -575,7 +595,7 @@ def run_plot(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")  # the CLI writes files only
     from .studies.reproduce import write_figures
-    from .tracking import read_records
+    from .tracking import read_csv_rows, read_records
 
     run_dir = args.run_dir
     if not run_dir.is_dir():
@@ -587,7 +607,7 @@ def run_plot(args: argparse.Namespace) -> int:
     if records.empty:
         raise CommandError(f"RUN_DIR {run_dir} has no records yet; nothing to plot")
     spectra_files = sorted(run_dir.rglob("spectra.csv"))  # each run's own; reproduce keeps no combined copy
-    spectra = pd.concat([pd.read_csv(p) for p in spectra_files], ignore_index=True) if spectra_files else pd.DataFrame()
+    spectra = pd.concat([read_csv_rows(p) for p in spectra_files], ignore_index=True) if spectra_files else pd.DataFrame()
     runs = pd.DataFrame({"run": list(dict.fromkeys(records["run"]))})
     figures = write_figures(records, spectra, runs, run_dir / "figures")
     for path in figures:
@@ -625,6 +645,8 @@ def run_diagnose(args: argparse.Namespace) -> int:
     is_model_file = ":" in target_text and target_text.rpartition(":")[0].endswith(".py")
     if args.probes < 2:
         raise CommandError(f"--probes {args.probes}: a standard error needs at least 2 probe vectors")
+    if not math.isfinite(args.memory_budget * 2**30):
+        raise CommandError(f"--memory-budget {args.memory_budget:g} GiB is too large; give the memory in GiB, e.g. 2")
     if is_model_file or target_text in MODELS:
         target = _diagnose_model_target(args)
         try:
@@ -694,7 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
-    except (CommandError, ValueError, FileNotFoundError) as error:
+    except (CommandError, ValueError, OSError) as error:  # OSError: unreadable files, a full disk, ...
         print(f"rezero-dynamics {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..tracking.records import RECORDS_FILE, read_records
+from ..tracking.records import RECORDS_FILE, read_csv_rows, read_records
 from .findings import Finding, crossed, verdict_of
 from .rules import Architecture, chi_findings, near_zero_findings, spread_findings
 from .thresholds import limit
@@ -258,10 +258,11 @@ def diagnose_run(run_dir: str | Path) -> RunDiagnosis:
     found += status_findings(run, status)
     spectra = pd.DataFrame(columns=["step", "chi", "spread", "near_zero_fraction"])
     spectra_path = run_dir / SPECTRA_FILE
-    if spectra_path.is_file() and spectra_path.stat().st_size > 0:
+    spectra_rows = read_csv_rows(spectra_path) if spectra_path.is_file() else pd.DataFrame()
+    if len(spectra_rows.columns):  # a file cut short before its header ended reads as empty
         config_path = run_dir / "config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        spectra, spectra_found = spectra_findings(run, pd.read_csv(spectra_path), architecture_from_config(config))
+        spectra, spectra_found = spectra_findings(run, spectra_rows, architecture_from_config(config))
         found += spectra_found
     else:
         notes.append(f"no {SPECTRA_FILE} (train with --spectrum-every N to record Jacobian spectra)")

@@ -32,7 +32,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .exact import DEFAULT_MEMORY_BUDGET, NonFiniteError, _jacobian_of_call, _validate_inputs, analysis_call
+from .exact import (
+    DEFAULT_MEMORY_BUDGET, NonFiniteError, _jacobian_of_call, _validate_inputs, analysis_call, singular_values,
+)
 
 PROFILE_METHODS: tuple[str, ...] = ("svd", "qr")
 _SAFE_SPAN = 650.0  # nats: exp(650) ~ 1e282 stays inside float64
@@ -133,7 +135,7 @@ def depth_profile(
             if largest > 0:
                 product = product / largest
                 log_scale += math.log(largest)
-            values = torch.linalg.svdvals(product).cpu().numpy()
+            values = singular_values(product).cpu().numpy()
             zeros = values <= max(n * eps * values.max(), 1e-300) if values.max() > 0 else np.ones(n, bool)
             log_values = np.log(np.where(zeros, 1.0, values)) + log_scale
             source = "svd"
@@ -160,7 +162,7 @@ def depth_profile(
             span = float(log_d.max() - log_d.min())
             if span < _SAFE_SPAN:
                 top = float(log_d.max())
-                values = torch.linalg.svdvals(torch.exp(log_d - top)[:, None] * upper).cpu().numpy()
+                values = singular_values(torch.exp(log_d - top)[:, None] * upper).cpu().numpy()
                 log_values = np.log(values) + top
                 source = "svd"
             else:

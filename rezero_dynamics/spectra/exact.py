@@ -49,6 +49,10 @@ class NonFiniteError(ValueError):
     """An input, output or Jacobian contains NaN or infinity."""
 
 
+class SVDConvergenceError(ValueError):
+    """The SVD did not converge with any of the drivers tried."""
+
+
 def format_bytes(num_bytes: float) -> str:
     """Format a byte count with a binary unit, e.g. ``1.5 GiB``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -67,6 +71,86 @@ def _check_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
     bad = (~torch.isfinite(tensor)).sum().item()
     if bad:
         raise NonFiniteError(f"{what} contains {bad} non-finite value(s) (NaN or inf) out of {tensor.numel()}; {fix}")
+
+
+def _position(flat_index: int, shape: tuple[int, ...]) -> str:
+    """Describe element ``flat_index`` of a tensor of ``shape`` as ``(i, j, ...) (flat index k)``."""
+    position, rest = [], flat_index
+    for size in reversed(shape):
+        position.append(rest % size)
+        rest //= size
+    return f"{tuple(reversed(position))} (flat index {flat_index})"
+
+
+def _first_non_finite(tensor: torch.Tensor) -> int:
+    return int((~torch.isfinite(tensor)).reshape(-1).nonzero()[0, 0])
+
+
+def locate_non_finite(fn: object, x: torch.Tensor, *, module_mode: str = "eval", dtype: torch.dtype | None = None) -> str:
+    """Describe where a forward pass of ``fn`` at ``x`` first produces NaN or infinity.
+
+    Forward hooks on every named submodule record the first module, in the order the
+    modules finish, whose output is non-finite, with the element's index. Parameters
+    and buffers that are non-finite are named too. Returns one or more sentences, or
+    an empty string when nothing non-finite is found (or ``fn`` is a plain function).
+    Runs under ``torch.no_grad`` on a snapshot of the state cast to ``dtype``.
+    """
+    if not isinstance(fn, nn.Module):
+        return ""
+    dtype = dtype or x.dtype
+    sentences = []
+    bad_tensors = [
+        name for name, tensor in itertools.chain(fn.named_parameters(), fn.named_buffers())
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
+    if bad_tensors:
+        sentences.append(f"Non-finite parameters or buffers: {', '.join(bad_tensors[:10])}.")
+    first: list[str] = []
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: object) -> None:
+            outputs = output if isinstance(output, (tuple, list)) else (output,)
+            for number, tensor in enumerate(outputs):
+                if first or not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()):
+                    continue
+                if not torch.isfinite(tensor).all():
+                    which = f"output {number}" if len(outputs) > 1 else "output"
+                    first.append(
+                        f"The first module whose output is non-finite is {name or '(the model itself)'!r} "
+                        f"({type(module).__name__}), at {which} element "
+                        f"{_position(_first_non_finite(tensor), tuple(tensor.shape))}."
+                    )
+
+        return hook
+
+    handles = [module.register_forward_hook(hook_for(name)) for name, module in fn.named_modules()]
+    try:
+        with torch.no_grad(), analysis_call(fn, module_mode, dtype) as call:
+            call(x.detach().to(dtype))
+    except Exception as error:  # the location is a diagnosis; a second failure must not hide the first
+        sentences.append(f"Locating the non-finite value failed ({type(error).__name__}: {error}).")
+    finally:
+        for handle in handles:
+            handle.remove()
+    return " ".join(sentences + first)
+
+
+def _check_jacobian_finite(jacobian: torch.Tensor, what: str, in_shape: tuple, out_shape: tuple, location: Callable[[], str]) -> None:
+    """Raise NonFiniteError naming the first non-finite entry of ``jacobian`` and where the
+    forward pass first went non-finite (``location``, called only on failure)."""
+    bad = int((~torch.isfinite(jacobian)).sum())
+    if not bad:
+        return
+    row, column = divmod(_first_non_finite(jacobian), jacobian.shape[1])
+    where = location() or (
+        "Every module's output is finite, so the derivative itself is infinite or NaN (for example "
+        "the square root or the norm of a zero vector)."
+    )
+    raise NonFiniteError(
+        f"{what} contains {bad} non-finite value(s) (NaN or inf) out of {jacobian.numel()}; analyse in float64 "
+        f"or at a smaller depth. The first is the derivative of output element {_position(row, out_shape)} "
+        f"with respect to input element {_position(column, in_shape)}. {where}"
+    )
 
 
 def _batch_norms_in_training(module: nn.Module) -> list[str]:
@@ -397,25 +481,65 @@ def jacobian_matrix(
     x = x.detach().to(dtype)
     hint = _meta_output_numel(fn, x, dtype, memory_budget)
     with torch.no_grad(), analysis_call(fn, module_mode, dtype) as call:
-        jacobian, _, _ = _jacobian_of_call(
-            call, x, mode=mode, memory_budget=memory_budget, chunk_size=chunk_size, seed=seed,
-            out_numel_hint=hint,
-        )
-    _check_finite(jacobian, "the Jacobian", "analyse in float64 or at a smaller depth")
+        try:
+            jacobian, out_shape, _ = _jacobian_of_call(
+                call, x, mode=mode, memory_budget=memory_budget, chunk_size=chunk_size, seed=seed,
+                out_numel_hint=hint,
+            )
+        except NonFiniteError as error:
+            where = locate_non_finite(fn, x, module_mode=module_mode, dtype=dtype)
+            raise NonFiniteError(f"{error}. {where}" if where else str(error)) from None
+    _check_jacobian_finite(
+        jacobian, "the Jacobian", tuple(x.shape), tuple(out_shape),
+        lambda: locate_non_finite(fn, x, module_mode=module_mode, dtype=dtype),
+    )
     return jacobian
 
 
 def singular_values(matrix: torch.Tensor) -> torch.Tensor:
     """Return the singular values of ``matrix`` in descending order.
 
-    If the SVD fails to converge in the matrix's dtype it is retried in float64.
+    If ``torch.linalg.svdvals`` does not converge (``torch.linalg.LinAlgError``) it is
+    retried in float64, then with the QR-iteration driver gesvd: through ``driver=``
+    on CUDA (then the Jacobi driver gesvdj), through ``scipy.linalg.svd`` on the CPU.
+    A retry returns float64 values. Raises SVDConvergenceError listing every attempt.
     """
+    attempts: list[str] = []
+
+    def note(what: str, error: Exception) -> None:
+        attempts.append(f"{what}: {(str(error).splitlines() or [type(error).__name__])[0]}")
+
     try:
         return torch.linalg.svdvals(matrix)
-    except torch.linalg.LinAlgError:
-        if matrix.dtype == torch.float64:
-            raise
-        return torch.linalg.svdvals(matrix.to(torch.float64))
+    except torch.linalg.LinAlgError as error:
+        note(f"torch.linalg.svdvals in {str(matrix.dtype).removeprefix('torch.')}", error)
+    wide = matrix.to(torch.float64)
+    if matrix.dtype != torch.float64:
+        try:
+            return torch.linalg.svdvals(wide)
+        except torch.linalg.LinAlgError as error:
+            note("torch.linalg.svdvals in float64", error)
+    if matrix.is_cuda:
+        # NOTE: the tests run this CUDA branch on no GPU; only the CPU fallback is tested.
+        for driver in ("gesvd", "gesvdj"):
+            try:
+                return torch.linalg.svdvals(wide, driver=driver)
+            except torch.linalg.LinAlgError as error:
+                note(f"torch.linalg.svdvals in float64 with driver={driver!r}", error)
+    else:
+        import numpy as np
+        import scipy.linalg
+
+        try:
+            values = scipy.linalg.svd(wide.detach().numpy(), compute_uv=False, lapack_driver="gesvd")
+            return torch.from_numpy(values)
+        except (np.linalg.LinAlgError, ValueError) as error:
+            note("scipy.linalg.svd in float64 with lapack_driver='gesvd'", error)
+    raise SVDConvergenceError(
+        f"the SVD of the {matrix.shape[0]} x {matrix.shape[1]} matrix did not converge ("
+        + "; ".join(attempts)
+        + "); check the matrix for NaN or very large entries, or analyse a smaller depth or width"
+    )
 
 
 def jacobian_spectrum(
@@ -468,8 +592,12 @@ def jacobian_spectrum(
                     chunk_size=chunk_size, seed=seed, out_numel_hint=hint,
                 )
             except NonFiniteError as error:
-                raise NonFiniteError(f"sample {b}: {error}") from None
-            _check_finite(jacobian, f"the Jacobian of sample {b}", "analyse in float64 or at a smaller depth")
+                where = locate_non_finite(fn, inputs[b : b + 1], module_mode=module_mode, dtype=dtype)
+                raise NonFiniteError(f"sample {b}: {error}" + (f". {where}" if where else "")) from None
+            _check_jacobian_finite(
+                jacobian, f"the Jacobian of sample {b}", tuple(inputs[b : b + 1].shape), tuple(out_full_shape),
+                lambda: locate_non_finite(fn, inputs[b : b + 1], module_mode=module_mode, dtype=dtype),
+            )
             rows.append(singular_values(jacobian).to("cpu", torch.float64))
             out_shape = tuple(out_full_shape[1:]) if out_full_shape[:1] == (1,) else tuple(out_full_shape)
             del jacobian

@@ -4,11 +4,17 @@ A run that fails or diverges is recorded in ``runs.csv`` with its cause, and the
 go on. Each run writes its own folder under ``runs/``. Given several devices, runs are
 independent jobs: each device gets its own worker process, which takes the next
 waiting run whenever it finishes one.
+
+An interrupted comparison (SIGINT or SIGTERM) marks the runs it stopped as
+``interrupted`` in ``runs.csv`` and keeps the rows of the runs it finished.
+``compare(..., resume=True)`` keeps completed and diverged runs, continues the
+interrupted or failed ones from their checkpoints and starts the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import multiprocessing
@@ -21,8 +27,10 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..tracking import read_records
+from ..tracking import read_csv_rows, read_records
+from ..tracking.records import replace_atomically
 from ..training import TrainConfig, train
+from ..training.loop import STATUS_FILE
 from ..training.metrics import steps_to_target
 
 log = logging.getLogger(__name__)
@@ -69,6 +77,7 @@ def compare(
     progress: bool = False,
     overrides: dict[str, dict] | None = None,
     devices: Sequence[str] | None = None,
+    resume: bool = False,
 ) -> pd.DataFrame:
     """Train every combination of ``variants`` x ``depths`` x ``seeds`` from ``base``.
 
@@ -85,6 +94,9 @@ def compare(
     ``devices`` (e.g. ``["cuda:0", "cuda:1"]``) runs one worker process per device, each
     training one run at a time on its device. None, or a single device, trains in this
     process on ``base.device`` (or that device), one run after another.
+
+    With ``resume=True`` the rows of completed and diverged runs are read back from
+    ``runs.csv`` and those runs are skipped. The others resume from their run folders.
     """
     output_dir = Path(output_dir)
     (output_dir / "runs").mkdir(parents=True, exist_ok=True)
@@ -104,7 +116,12 @@ def compare(
         jobs = [(name, dataclasses.replace(config, device=devices[0]), run_dir) for name, config, run_dir in jobs]
 
     rows: dict[int, dict] = {}
-    bar = tqdm(total=len(jobs), desc="runs", disable=not progress)
+    if resume:
+        _check_settings_unchanged(jobs)
+        kept = _finished_runs(output_dir)
+        rows = {index: kept[job[0]] for index, job in enumerate(jobs) if job[0] in kept}
+    pending = [index for index in range(len(jobs)) if index not in rows]
+    bar = tqdm(total=len(jobs), initial=len(rows), desc="runs", disable=not progress)
 
     def finished(index: int, outcome: dict) -> None:
         name, config, run_dir = jobs[index]
@@ -119,17 +136,28 @@ def compare(
     context = multiprocessing.get_context("spawn")
     workers = [ProcessPoolExecutor(1, mp_context=context) for _ in devices] if len(devices) > 1 else []
 
+    def continues(index: int) -> bool:
+        return resume and (jobs[index][2] / "config.json").is_file()
+
     def run_in_worker(index: int, worker: int) -> dict:
         name, config, run_dir = jobs[index]
         config = dataclasses.replace(config, device=devices[worker])
-        return workers[worker].submit(train_job, name, config, run_dir).result()
+        return workers[worker].submit(train_job, name, config, run_dir, continues(index)).result()
 
     try:
         if workers:
-            run_on_workers(range(len(jobs)), len(workers), run_in_worker, finished)
+            run_on_workers(pending, len(workers), run_in_worker, lambda position, outcome: finished(pending[position], outcome))
         else:
-            for index, job in enumerate(jobs):
-                finished(index, train_job(*job))
+            for index in pending:
+                finished(index, train_job(*jobs[index], continues(index)))
+    except BaseException as error:
+        # NOTE: the tests interrupt only the single-process path; the worker path is untested here.
+        if not isinstance(error, Exception):  # SIGINT or SIGTERM: mark the runs it stopped
+            for index in pending:
+                if index not in rows and jobs[index][2].exists():
+                    step = _status_step(jobs[index][2])
+                    finished(index, {"status": "interrupted", "step": step, "cause": f"interrupted ({type(error).__name__})"})
+        raise
     finally:
         bar.close()
         for worker in workers:
@@ -137,10 +165,10 @@ def compare(
     return pd.DataFrame([rows[i] for i in sorted(rows)])
 
 
-def train_job(name: str, config: TrainConfig, run_dir: Path) -> dict:
+def train_job(name: str, config: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     """Train one run and return its status, last step and cause; a failure is returned, not raised."""
     try:
-        result = train(config, run_dir, run_name=name, progress=False)
+        result = train(config, run_dir, run_name=name, progress=False, resume=resume)
         return {"status": result.status, "step": result.step, "cause": result.cause}
     except Exception as error:  # one broken run must not stop the comparison
         log.error("run %s failed: %s: %s", name, type(error).__name__, error)
@@ -199,11 +227,45 @@ def run_on_workers(
         raise error
 
 
-def _write_runs(output_dir: Path, rows: list[dict]) -> None:
+def _check_settings_unchanged(jobs: Sequence[tuple[str, TrainConfig, Path]]) -> None:
+    """Raise ValueError if a run folder was started with other settings than its job's.
+
+    The device is not compared: a resumed comparison may run on other devices.
+    """
+    for name, config, run_dir in jobs:
+        path = run_dir / "config.json"
+        if not path.is_file():
+            continue
+        saved, settings = json.loads(path.read_text()), dataclasses.asdict(config)
+        changed = sorted(k for k in settings if k != "device" and saved.get(k) != settings[k])
+        if changed:
+            raise ValueError(
+                f"resume with settings that differ from run {name}'s ({', '.join(changed)}); "
+                f"rerun with the original settings or start a new comparison folder"
+            )
+
+
+def _finished_runs(output_dir: Path) -> dict[str, dict]:
+    """Return the rows of ``runs.csv`` whose run completed or diverged, by run name."""
     path = output_dir / RUNS_FILE
-    temporary = path.with_name(path.name + ".tmp")
-    pd.DataFrame(rows).to_csv(temporary, index=False)
-    temporary.replace(path)
+    if not path.is_file():
+        return {}
+    table = pd.read_csv(path)
+    done = table[table["status"].isin(["completed", "diverged"])]
+    return {row["run"]: {k: (None if pd.isna(v) and k == "cause" else v) for k, v in row.items()}
+            for row in done.to_dict("records")}
+
+
+def _status_step(run_dir: Path) -> int:
+    """Return the last step in a run's status.json, or -1 when it has none."""
+    try:
+        return int(json.loads((run_dir / STATUS_FILE).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
+def _write_runs(output_dir: Path, rows: list[dict]) -> None:
+    replace_atomically(output_dir / RUNS_FILE, lambda temporary: pd.DataFrame(rows).to_csv(temporary, index=False))
 
 
 def collect_records(output_dir: str | Path) -> pd.DataFrame:
@@ -213,5 +275,5 @@ def collect_records(output_dir: str | Path) -> pd.DataFrame:
 
 def collect_spectra(output_dir: str | Path) -> pd.DataFrame:
     """Read the Jacobian spectra of every run of a comparison into one tidy frame (may be empty)."""
-    frames = [pd.read_csv(path) for path in sorted((Path(output_dir) / "runs").glob("*/spectra.csv"))]
+    frames = [read_csv_rows(path) for path in sorted((Path(output_dir) / "runs").glob("*/spectra.csv"))]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

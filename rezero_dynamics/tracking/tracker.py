@@ -38,7 +38,7 @@ from torch import nn
 
 from ..residual import named_alphas
 from ..spectra import jacobian_spectrum
-from .records import RecordWriter
+from .records import CsvAppender, RecordWriter
 from .schedules import Every
 
 OTHER = "other"
@@ -99,6 +99,7 @@ class Tracker:
         self.spectrum_probe = spectrum_probe
         self.spectrum_schedule = spectrum_schedule
         self.spectra_path = Path(spectra_path) if spectra_path is not None else None
+        self._spectra_writer: CsvAppender | None = None
 
         # Group every trainable parameter by the block that owns it; the rest is "other".
         owner: dict[int, int] = {}
@@ -109,6 +110,11 @@ class Tracker:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.parameter_names = [n for n, _ in named]
         self.parameters = [p for _, p in named]
+        if not self.parameters:
+            raise ValueError(
+                f"{type(model).__name__} has no parameters that require gradients, so there are no "
+                f"gradient or update norms to record; pass the model being trained"
+            )
         group = [owner.get(id(p), len(blocks)) for p in self.parameters]
         self._group_index = torch.tensor(group, dtype=torch.long)
         self._group_cache: dict[tuple, torch.Tensor] = {}
@@ -226,7 +232,9 @@ class Tracker:
             self.record_scalar(step, f"jacobian_{quantity}", float(summary[quantity].mean()))
         if self.spectra_path is not None:
             frame = spectrum.to_frame()
-            frame.to_csv(self.spectra_path, mode="a", header=not self.spectra_path.exists(), index=False)
+            if self._spectra_writer is None:
+                self._spectra_writer = CsvAppender(self.spectra_path, frame.columns)
+            self._spectra_writer.append_frame(frame)
 
     def record_scalar(self, step: int, quantity: str, value: float, layer: str = "all") -> None:
         """Record a host-side scalar (an evaluation metric, say) right away, without a schedule."""

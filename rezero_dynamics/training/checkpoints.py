@@ -4,11 +4,13 @@ half-written checkpoint."""
 
 from __future__ import annotations
 
-import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
+
+from ..tracking.records import replace_atomically
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "rezero_dynamics.checkpoint.v1"
@@ -20,12 +22,14 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
     """Write ``state`` (plus a format tag) to ``path`` atomically."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, **state}, temporary)
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    replace_atomically(path, lambda temporary: torch.save({"format": CHECKPOINT_FORMAT, **state}, temporary))
+
+
+def _unpickling_detail(error: Exception) -> str:
+    """Return the specific reason in the error of a weights-only ``torch.load``, without its advice."""
+    text = str(error)
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text)
+    return match.group(1).strip() if match else (text.splitlines() or [type(error).__name__])[0]
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -41,8 +45,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
-            f"checkpoint {path} contains objects other than tensors and plain containers and was "
-            f"not loaded, because unpickling them could run code ({str(error).splitlines()[0]})"
+            f"checkpoint {path} was not loaded: it contains objects other than tensors and plain containers, "
+            f"whose unpickling could run code, or it is not a file written by torch.save "
+            f"({_unpickling_detail(error)}); pass a checkpoint from 'rezero-dynamics train'"
         ) from None
     except Exception as error:  # torch.load raises many types on damaged files (KeyError, ValueError, ...)
         raise CheckpointError(

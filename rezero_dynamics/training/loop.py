@@ -13,6 +13,13 @@ Divergence is detected without a host synchronisation per step: a device tensor 
 the first step with a non-finite loss or gradient norm, and it is read at evaluations,
 checkpoints and the end. A diverged run keeps all records and its last finite
 checkpoint.
+
+SIGINT (Ctrl-C) and SIGTERM stop the run at the end of the current step: the records
+are flushed, a checkpoint of that step is written and the status becomes
+``interrupted``, so ``resume=True`` continues exactly. A second signal stops at once.
+A run killed outright (``kill -9``) keeps its last checkpoint and only complete record
+rows (see ``tracking.records``), and it resumes from that checkpoint, or from step 0
+when none was written yet.
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -35,9 +41,10 @@ from ..models import ACTIVATIONS, RESNET_VARIANTS, WEIGHT_INITS
 from ..models.resnet import resnet_blocks_per_stage
 from ..residual import NORMS, check_variant
 from ..tracking import RECORDS_FILE, Every, LogSpaced, RecordWriter, Tracker
-from ..tracking.records import read_records
+from ..tracking.records import read_csv_rows, read_records, replace_atomically
 from .checkpoints import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .distributed import Distributed, check_batch_size, distributed_from_environment, rank_device
+from .interrupts import DeferredSignals
 from .step import PRECISIONS, TrainingStep
 from .tasks import ClassificationTask, LanguageModelTask
 
@@ -226,9 +233,7 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2))
-    temporary.replace(path)
+    replace_atomically(path, lambda temporary: temporary.write_text(json.dumps(payload, indent=2)))
 
 
 def _wrap_model(model: nn.Module, device: torch.device, config: TrainConfig, context: Distributed) -> nn.Module:
@@ -243,13 +248,25 @@ def _wrap_model(model: nn.Module, device: torch.device, config: TrainConfig, con
 
 
 def _truncate_after(path: Path, after_step: int) -> None:
-    """Drop rows of a CSV with a ``step`` column recorded after ``after_step``."""
+    """Drop rows of a CSV with a ``step`` column recorded after ``after_step``, and a
+    partial last row. A file without a complete header is removed."""
     if not path.exists():
         return
-    frame = read_records(path) if path.name == RECORDS_FILE else pd.read_csv(path)
-    temporary = path.with_name(path.name + ".tmp")
-    frame[frame["step"] <= after_step].to_csv(temporary, index=False)
-    temporary.replace(path)
+    frame = read_records(path) if path.name == RECORDS_FILE else read_csv_rows(path)
+    if "step" not in frame.columns:
+        path.unlink()
+        return
+    kept = frame[frame["step"] <= after_step]
+    replace_atomically(path, lambda temporary: kept.to_csv(temporary, index=False))
+
+
+def _check_same_settings(saved: dict, settings: dict, source: str) -> None:
+    if saved != settings:
+        changed = sorted(k for k in settings if saved.get(k) != settings[k])
+        raise ValueError(
+            f"resume with settings that differ from the {source} ({', '.join(changed)}); "
+            f"rerun with the original settings or start a new run folder"
+        )
 
 
 def read_status(run_dir: str | Path) -> dict:
@@ -291,15 +308,19 @@ def train(
         if context.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
         devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        # NOTE: under torchrun the ranks could see a signal at different steps and then wait
+        # on each other, so signals are not deferred there and stop the run at once.
+        signals = DeferredSignals(enabled=not context.enabled)
+        with torch.random.fork_rng(devices=devices), signals:
             torch.manual_seed(config.seed)
-            return _train(config, task, run_dir, device, resume, run_name or run_dir.name, progress, context)
+            return _train(config, task, run_dir, device, resume, run_name or run_dir.name, progress, context, signals)
 
 
 def _train(
     config: TrainConfig, task, run_dir: Path, device: torch.device, resume: bool, run_name: str, progress: bool,
-    context: Distributed = Distributed(),
+    context: Distributed = Distributed(), signals: DeferredSignals | None = None,
 ) -> TrainResult:
+    signals = signals or DeferredSignals(enabled=False)
     model = task.build_model().to(device).train()
     # The probe is built from the freshly initialised model, before any checkpoint is
     # loaded, so a resumed run measures spectra on the same inputs as an uninterrupted one.
@@ -313,15 +334,17 @@ def _train(
     records_path = run_dir / RECORDS_FILE
     spectra_path = run_dir / SPECTRA_FILE
     start = 0
+    state: dict = {}
 
-    if resume:
+    if resume and not checkpoint_path.exists() and (run_dir / "config.json").is_file():
+        # The run was killed before its first checkpoint: start it again at step 0.
+        _check_same_settings(json.loads((run_dir / "config.json").read_text()), settings, "config.json's")
+        if main:
+            _truncate_after(records_path, -1)
+            _truncate_after(spectra_path, -1)
+    elif resume:
         state = load_checkpoint(checkpoint_path, map_location=device)
-        if state["config"] != settings:
-            changed = sorted(k for k in settings if state["config"].get(k) != settings[k])
-            raise ValueError(
-                f"resume with settings that differ from the checkpoint's ({', '.join(changed)}); "
-                f"rerun with the original settings or start a new run folder"
-            )
+        _check_same_settings(state["config"], settings, "checkpoint's")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -340,6 +363,8 @@ def _train(
         # this seed at a resume, so only rank 0's masks continue exactly.
         torch.manual_seed(hash((config.seed, context.rank, start)) % 2**63)
 
+    if main:  # before any record file, so a folder killed at any moment can be resumed
+        _write_json(run_dir / "config.json", settings)
     # Rank 0 records; the other ranks' trackers record nothing and write nothing.
     tracker = Tracker(
         model, RecordWriter(records_path) if main else None, run=run_name,
@@ -355,7 +380,6 @@ def _train(
         run_step.scaler.load_state_dict(state["scaler"])
     status, cause, step = "running", None, start - 1
     if main:
-        _write_json(run_dir / "config.json", settings)
         _write_json(run_dir / STATUS_FILE, {"status": status, "step": step, "cause": None})
 
     def save(at_step: int) -> None:
@@ -371,6 +395,11 @@ def _train(
             },
             checkpoint_path,
         )
+
+    def save_on_stop(at_step: int, saved: bool) -> None:
+        tracker.flush()
+        if not saved and divergence() is None:
+            save(at_step)  # the step just finished, so a resumed run continues exactly
 
     def divergence() -> str | None:
         bad = int(run_step.first_bad_step.item())  # a host sync, only at evaluations, spectra and checkpoints
@@ -401,6 +430,7 @@ def _train(
                     break
                 tracker.flush()
                 save(step)
+            signals.stop_if_requested(lambda: save_on_stop(step, saved=checkpoint))
         else:
             status = "completed"
             if main:
