@@ -186,3 +186,28 @@ def test_records_survive_cut_line(tmp_path):
     records = read_records(path)
     assert records["step"].tolist() == [0, 1]
     assert records["value"].tolist() == [1.5, 1.25]
+
+
+def test_interrupted_flush_keeps_rows(tmp_path, monkeypatch):
+    """A signal raised while rows are being written leaves them buffered, so close writes them."""
+    torch.manual_seed(0)
+    model = DeepMLP(8, 2, variant="rezero")
+    writer = RecordWriter(tmp_path / "records.csv")
+    tracker = Tracker(model, writer, schedule=Every(1), flush_every=1000)
+    loss = model(torch.randn(4, 8)).square().mean()
+    loss.backward()
+    tracker.record_scalar(0, "loss", loss.detach())
+    tracker.end_step(0)
+    original_append = RecordWriter.append
+
+    def interrupted(self, rows):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RecordWriter, "append", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tracker.flush()
+    monkeypatch.setattr(RecordWriter, "append", original_append)
+    tracker.close()
+    records = read_records(tmp_path / "records.csv")
+    assert (records["quantity"] == "loss").sum() == 1
+    assert len(records) == len(tracker.rows)

@@ -244,7 +244,9 @@ class Tracker:
         """Move buffered values to the host in one transfer and append them as rows."""
         if not self._pending:
             return
-        pending, self._pending = self._pending, []
+        # Buffered values leave ``_pending`` only after their rows are written, so a signal
+        # raised in between leaves them for ``close`` to write.
+        pending = self._pending
         # One concatenation and one host transfer per device (a CUDA run plus CPU scalars).
         host: list[list[float]] = [[] for _ in pending]
         by_device: dict[torch.device, list[int]] = {}
@@ -260,9 +262,10 @@ class Tracker:
         rows = []
         for (step, quantity, labels, _), values in zip(pending, host):
             rows.extend((self.run, step, quantity, label, value) for label, value in zip(labels, values))
-        self.rows.extend(rows)
         if self.writer is not None:
             self.writer.append(rows)
+        self._pending = []
+        self.rows.extend(rows)
 
     def close(self) -> None:
         """Flush and remove the forward hooks."""
