@@ -1,4 +1,4 @@
-"""The GPU benchmark script runs end to end at tiny sizes on CPU."""
+"""The benchmark scripts run end to end at tiny sizes on CPU."""
 
 import math
 import re
@@ -25,3 +25,13 @@ def test_gpu_benchmark_smoke():
         ratios = [float(value) for value in re.findall(r"= ([0-9.]+)", row)]
         assert len(ratios) == 2, row  # eager and compiled
         assert all(ratio > 0 for ratio in ratios), row
+
+
+def test_matrix_free_benchmark_smoke():
+    """Part 2 of the spectra benchmark at a tiny width: both paths agree to rounding."""
+    finished = subprocess.run([sys.executable, str(BENCHMARKS / "spectra_scaling.py"), "--part", "2", "--sizes", "64"],
+                              capture_output=True, text=True, timeout=300, cwd=BENCHMARKS.parent)
+    assert finished.returncode == 0, finished.stderr
+    row = finished.stdout.strip().splitlines()[-1].split()
+    assert row[0] == "64"
+    assert float(row[-1]) < 1e-10  # largest relative error of the top 16 values
