@@ -50,8 +50,15 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="torch device passed to every script")
     parser.add_argument("--only", default=None, help=f"comma-separated scripts to run (default: all of {', '.join(names)})")
     parser.add_argument("--jobs", type=int, default=1, help="scripts to run at the same time (default: 1)")
-    parser.add_argument("--root", type=Path, default=FIGURES_DIR, help="folder with the scripts' output folders and the README")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="folder for the scripts' output folders and the README (default: paper_figures/; "
+                             "required at --scale smoke)")
     args = parser.parse_args(argv)
+    if args.root is None:
+        if args.scale == "smoke":
+            parser.error("--scale smoke needs --root: smoke numbers must not replace the committed ci figures "
+                         "and README in paper_figures/; pass a scratch folder such as --root /tmp/paper_figures")
+        args.root = FIGURES_DIR
     args.selected = names if args.only is None else [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(args.selected) - set(names))
     if unknown:
