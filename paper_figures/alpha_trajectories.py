@@ -76,7 +76,8 @@ def describe_trend(magnitude: pd.Series, peak_step: int, last_step: int) -> str:
     """Describe mean |alpha| by its peak and its last record, or as still rising when the peak is the last record."""
     if peak_step == last_step:
         return f"still rising at the last record (step {last_step}): {magnitude.loc[last_step]:.2g}"
-    return f"peak {magnitude.loc[peak_step]:.2g} at step {peak_step}, {magnitude.loc[last_step]:.2g} at step {last_step}"
+    peak, last = magnitude.loc[peak_step], magnitude.loc[last_step]
+    return f"peak {peak:.2g} at step {peak_step}, {last:.2g} at step {last_step} ({1 - last / peak:.1%} below the peak)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -194,7 +194,7 @@ def test_alpha_trend_at_last_record():
     rising = pd.Series([0.0, 0.01, 0.037], index=[0, 296, 298])
     assert module.describe_trend(rising, 298, 298) == "still rising at the last record (step 298): 0.037"
     falling = pd.Series([0.0, 0.05, 0.02], index=[0, 10, 20])
-    assert module.describe_trend(falling, 10, 20) == "peak 0.05 at step 10, 0.02 at step 20"
+    assert module.describe_trend(falling, 10, 20) == "peak 0.05 at step 10, 0.02 at step 20 (60.0% below the peak)"
 
 
 def test_deep_mlp_moving_average():
