@@ -165,7 +165,7 @@ class TrainConfig:
 
     def _validate_unused(self) -> None:
         if self.task == "lm":
-            model = "the character LM, which always uses LayerNorm and the Transformer's own layers"
+            model = "the character LM, a Transformer with LayerNorm and sizes set by --d-model, --heads and --d-ff"
             unused = ("width", "activation", "init", "sigma_w", "norm")
         elif self.classifier_model == "resnet":
             model = "the ResNet, which has fixed ReLU, He initialisation, batch norm and 16/32/64 channels"
