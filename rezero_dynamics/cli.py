@@ -364,11 +364,15 @@ _OPTION_HELP = {
 
 def _add_train_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """Add one option per TrainConfig field, typed from its annotation."""
+    defaults = TrainConfig()
     for item in dataclasses.fields(TrainConfig):
         if item.name in skip:
             continue
         flag = "--" + item.name.replace("_", "-")
-        default = item.default  # None for data and depth, which TrainConfig sets from the task and model
+        default = getattr(defaults, item.name)
+        if item.name in ("data", "depth"):
+            # Left out of the namespace unless given, so TrainConfig picks them from the task and model.
+            default = argparse.SUPPRESS
         help_text = _OPTION_HELP.get(item.name, item.name.replace("_", " "))
         if item.type == "bool":
             parser.add_argument(flag, action="store_true", help=help_text)
