@@ -230,7 +230,8 @@ relative to the largest):
 
 * **`none`**: a plain tanh network is a product of J_F = D W, with D the diagonal of
   tanh' values (at most 1). chi shrinks at every block, and the spectrum spreads as in
-  part 2 but faster: its smallest singular values fall below working precision.
+  part 2 but faster: at the default sizes its smallest singular values fall below
+  working precision.
 * **`residual`**: each block adds its branch to the identity, J = prod (I + J_F). The
   spectrum is far better conditioned than without skips, but chi is multiplied by a
   factor above 1 at every block (the "chi per block" column), so it grows exponentially
@@ -541,7 +542,12 @@ How does the spectrum build up block by block? `depth_profile(stack, x)` forms e
 block's Jacobian at its own input and multiplies them up, so L blocks cost L block
 Jacobians rather than L whole-network ones. It takes anything with a `blocks` list (like
 `ConvResNet`), an `nn.Sequential`, or a list of modules. The summary has one row per
-block with log10 of chi, of the largest and of the smallest nonzero singular value.
+block with log10 of chi, of the largest and of the smallest nonzero singular value of
+the Jacobian up to that block. Its other columns: `num_zeros` counts singular values
+below float64 precision relative to the largest, `log_abs_det` is the natural log of
+|det J| (the sum of the natural logs of the singular values, NaN when one is zero), and
+`chi_growth` is chi after this block divided by chi after the previous one (by 1, the
+identity's chi, for the first block).
 """),
     code("""
 profiles = {alpha: depth_profile(build(alpha), inputs[:1]) for alpha in (0.1, 0.5, 1.0)}

@@ -6,7 +6,9 @@ is All You Need: Fast Convergence at Large Depth", arXiv 2003.04887.
 Every script in this folder is run as ``python paper_figures/<name>.py --scale
 smoke|ci|paper [--out DIR] [--data-path P] [--device D]`` and writes ``<name>.png``,
 ``<name>.csv`` (the plotted numbers, tidy) and ``<name>.md`` (a table of claims) into
-DIR, by default ``paper_figures/<name>/``.
+DIR, by default ``paper_figures/<name>/`` (``--out`` is required at the smoke scale, so
+smoke numbers never replace the committed ci outputs). ``--device`` defaults to ``auto``
+(``cuda`` when a GPU is visible, else ``cpu``).
 
 Scales:
 
@@ -18,7 +20,11 @@ Scales:
 The claims table keeps one column per scale (``ours (ci)``, ``ours (paper)``). Writing
 a table at one scale keeps the other scale's values of the same claims from the file
 already in DIR, so a GPU run at ``paper`` scale fills its column next to the ``ci`` one.
-Smoke values go into the ``ours (ci)`` column, with a line above the table saying so.
+Smoke values go into the ``ours (ci)`` column, with a line above the table saying so. Only
+the settings lines of the scales whose values the table shows are kept.
+
+Input errors (a missing or unreadable data set, an unavailable device, every run failed)
+raise ``FigureError``; ``run_command_line`` prints them in one line and exits with 2.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ import argparse
 import logging
 import math
 import re
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,35 +51,77 @@ NOT_CHECKED = "(paper value, not checked here)"
 log = logging.getLogger(__name__)
 
 
+class FigureError(Exception):
+    """An input error to report in one line, without a traceback (exit status 2)."""
+
+
 def parse_arguments(name: str, description: str, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse the common command line of a figure script; ``out`` defaults to ``paper_figures/<name>/``.
 
-    ``device`` defaults to ``cuda`` at the paper scale and ``cpu`` otherwise.
+    ``device`` is resolved as in the ``rezero-dynamics`` command line (``auto`` picks
+    ``cuda`` when a GPU is visible). The output folder is created on the first write.
     """
-    parser = argparse.ArgumentParser(prog=f"{name}.py", description=description.strip().splitlines()[0])
+    from rezero_dynamics.cli import CommandError, OneLineErrorParser, resolve_device
+
+    parser = OneLineErrorParser(prog=f"{name}.py", description=description.strip().splitlines()[0])
     parser.add_argument("--scale", choices=SCALE_NAMES, default="ci", help="size of the runs (default: ci)")
-    parser.add_argument("--out", type=Path, default=None, help=f"output folder (default: paper_figures/{name}/)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output folder (default: paper_figures/{name}/; required at --scale smoke)")
     parser.add_argument("--data-path", default=None, help="enwik8 file or CIFAR-10 batch folder, for --scale paper")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda at --scale paper, else cpu)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (default: auto)")
     args = parser.parse_args(argv)
     args.name = name
     if args.out is None:
+        if args.scale == "smoke":
+            parser.error(f"--scale smoke needs --out: smoke numbers must not replace the ci outputs in "
+                         f"paper_figures/{name}/; pass a scratch folder such as --out /tmp/{name}")
         args.out = FIGURES_DIR / name
-    if args.device is None:
-        args.device = "cuda" if args.scale == "paper" else "cpu"
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.device = resolve_device(args.device)
+    except CommandError as error:
+        parser.error(str(error))
     return args
 
 
+def prepare_config(config, args: argparse.Namespace):
+    """Return ``config`` on ``args.device`` with ``args.data_path`` and its task, its data loaded once.
+
+    Raises FigureError when the scale needs ``--data-path`` and it is missing, or when the
+    data cannot be loaded (the loader's message names the file and the fix).
+    """
+    from dataclasses import replace
+
+    from rezero_dynamics.training.loop import build_task
+
+    config = replace(config, device=args.device)
+    if config.data in ("enwik8", "cifar10"):
+        config = replace(config, data_path=require_data_path(args, "enwik8" if config.data == "enwik8" else "CIFAR-10"))
+    try:
+        task = build_task(config.validate())
+    except (OSError, ValueError) as error:
+        raise FigureError(f"cannot load data {config.data!r}: {error}") from None
+    return config, task
+
+
 def require_data_path(args: argparse.Namespace, what: str) -> str:
-    """Return ``args.data_path``, or raise ValueError saying which data set to pass."""
+    """Return ``args.data_path``, or raise FigureError saying which data set to pass."""
     if not args.data_path:
-        raise ValueError(f"--scale {args.scale} reads {what} from disk; pass its location with --data-path")
+        raise FigureError(f"--scale {args.scale} reads {what} from disk; pass its location with --data-path")
     return str(args.data_path)
 
 
+def run_command_line(main: Callable[[], int], name: str) -> int:
+    """Run a script's ``main``; print a FigureError as one line and return exit status 2."""
+    try:
+        return main()
+    except FigureError as error:
+        print(f"{name}.py: error: {error}", file=sys.stderr)
+        return 2
+
+
 def output_path(args: argparse.Namespace, suffix: str) -> Path:
-    """Return ``DIR/<name><suffix>``, e.g. the figure path for suffix ``.png``."""
+    """Return ``DIR/<name><suffix>``, e.g. the figure path for suffix ``.png``; create DIR."""
+    args.out.mkdir(parents=True, exist_ok=True)
     return args.out / f"{args.name}{suffix}"
 
 
@@ -179,8 +228,8 @@ def write_claims(
 ) -> Path:
     """Write ``DIR/<name>.md``: the settings of each scale run, the claims table and notes.
 
-    Values of the other scale are kept from an existing file in DIR, matched by claim
-    text, as are its settings lines.
+    Values of the other column are kept from an existing file in DIR, matched by claim
+    text, as are the settings lines of the scales in that column.
     """
     path = output_path(args, ".md")
     column = SCALE_COLUMN[args.scale]
@@ -193,7 +242,9 @@ def write_claims(
         except ValueError as error:
             log.warning("not keeping values from %s: %s", path, error)
         for line in path.read_text(encoding="utf-8").splitlines():
-            if line.startswith("- scale `") and not line.startswith(f"- scale `{args.scale}`"):
+            scale = line.removeprefix("- scale `").partition("`")[0] if line.startswith("- scale `") else None
+            # Lines of scales that share this run's column describe values this run replaces.
+            if scale in SCALE_COLUMN and SCALE_COLUMN[scale] != column:
                 kept_settings.append(line)
 
     lines = [f"# {title}", ""]
@@ -248,7 +299,8 @@ def train_variants(base, *, variants: Sequence[str], depths: Sequence[int], targ
 
     ``variants`` may hold labels whose ``overrides`` name the variant, as in
     ``{"post_norm_warmup": {"variant": "post_norm", "warmup_steps": 100}}``; runs are
-    named by the label. Checkpoints and run folders are deleted afterwards.
+    named by the label. Checkpoints and run folders are deleted afterwards. Raises
+    FigureError, naming the causes, when every run failed.
     """
     import tempfile
 
@@ -261,4 +313,7 @@ def train_variants(base, *, variants: Sequence[str], depths: Sequence[int], targ
         except FileNotFoundError:  # every run failed before its first record
             records = pd.DataFrame(columns=["run", "step", "quantity", "layer", "value"])
         spectra = collect_spectra(folder)
+    if len(runs) and (runs["status"] == "failed").all():
+        causes = sorted(set(runs["cause"].astype(str)))
+        raise FigureError(f"every run failed ({len(runs)} runs): {'; '.join(causes)}")
     return Comparison(runs, records, spectra)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -22,7 +21,8 @@ from _common import (  # noqa: E402
     Claim,
     Stopwatch,
     parse_arguments,
-    require_data_path,
+    run_command_line,
+    prepare_config,
     save_figure,
     save_frame,
     train_variants,
@@ -72,12 +72,18 @@ def draw(records: pd.DataFrame, alphas: pd.DataFrame, depth: int):
     return figure
 
 
+def describe_trend(magnitude: pd.Series, peak_step: int, last_step: int) -> str:
+    """Describe mean |alpha| by its peak and its last record, or as still rising when the peak is the last record."""
+    if peak_step == last_step:
+        return f"still rising at the last record (step {last_step}): {magnitude.loc[last_step]:.2g}"
+    peak, last = magnitude.loc[peak_step], magnitude.loc[last_step]
+    return f"peak {peak:.2g} at step {peak_step}, {last:.2g} at step {last_step} ({1 - last / peak:.1%} below the peak)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(NAME, __doc__, argv)
     clock = Stopwatch()
-    config = replace(SCALES[args.scale], device=args.device)
-    if config.data == "enwik8":
-        config = replace(config, data_path=require_data_path(args, "enwik8"))
+    config, _ = prepare_config(SCALES[args.scale], args)
     comparison = train_variants(config, variants=["rezero"], depths=[config.depth])
     records = comparison.records
     alphas = alpha_frame(records)
@@ -109,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Claim(
             "mean |alpha| first rises, then falls back during training",
             f"rise, then decay {NOT_CHECKED}",
-            f"peak {magnitude.loc[peak_step]:.2g} at step {peak_step}, {magnitude.loc[last_step]:.2g} at step {last_step}",
+            describe_trend(magnitude, peak_step, last_step),
             bool(peak_step < last_step and magnitude.loc[last_step] < 0.9 * magnitude.loc[peak_step]),
         ),
     ]
@@ -127,4 +133,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command_line(main, NAME))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -29,7 +29,8 @@ from _common import (  # noqa: E402
     format_number,
     format_speedup,
     parse_arguments,
-    require_data_path,
+    run_command_line,
+    prepare_config,
     save_figure,
     save_frame,
     train_variants,
@@ -116,9 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(NAME, __doc__, argv)
     clock = Stopwatch()
     scale = SCALES[args.scale]
-    config = replace(scale.config, device=args.device)
-    if config.data == "cifar10":
-        config = replace(config, data_path=require_data_path(args, "CIFAR-10"))
+    config, _ = prepare_config(scale.config, args)
     comparison = train_variants(config, variants=VARIANTS, depths=[config.depth])
     losses = smoothed_losses(comparison.records)
     rows = []
@@ -175,4 +174,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command_line(main, NAME))

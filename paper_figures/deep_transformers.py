@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -24,7 +23,8 @@ from _common import (  # noqa: E402
     Stopwatch,
     format_number,
     parse_arguments,
-    require_data_path,
+    run_command_line,
+    prepare_config,
     save_figure,
     save_frame,
     train_variants,
@@ -74,9 +74,7 @@ def first_and_last(curve: pd.DataFrame) -> tuple[float, float]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(NAME, __doc__, argv)
     clock = Stopwatch()
-    config = replace(SCALES[args.scale], device=args.device)
-    if config.data == "enwik8":
-        config = replace(config, data_path=require_data_path(args, "enwik8"))
+    config, _ = prepare_config(SCALES[args.scale], args)
     comparison = train_variants(config, variants=VARIANTS, depths=[config.depth])
     records, runs = comparison.records, comparison.runs.set_index("variant")
     rezero_run = runs.loc["rezero", "run"]
@@ -124,4 +122,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command_line(main, NAME))

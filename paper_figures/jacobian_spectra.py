@@ -26,7 +26,8 @@ from _common import (  # noqa: E402
     Stopwatch,
     format_number,
     parse_arguments,
-    require_data_path,
+    run_command_line,
+    prepare_config,
     save_figure,
     save_frame,
     train_variants,
@@ -137,9 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clock = Stopwatch()
     scale = SCALES[args.scale]
     init_config = replace(scale.init, device=args.device)
-    training = replace(scale.training, device=args.device)
-    if training.data == "enwik8":
-        training = replace(training, data_path=require_data_path(args, "enwik8"))
+    training, _ = prepare_config(scale.training, args)
 
     depths, trained_depth = init_config.depths, training.depth
     init_values, _ = spectrum_study(init_config)
@@ -217,4 +216,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command_line(main, NAME))

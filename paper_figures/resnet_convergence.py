@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -27,7 +27,8 @@ from _common import (  # noqa: E402
     Stopwatch,
     format_speedup,
     parse_arguments,
-    require_data_path,
+    run_command_line,
+    prepare_config,
     save_figure,
     save_frame,
     train_variants,
@@ -42,7 +43,6 @@ NAME = "resnet_convergence"
 VARIANTS = ("residual", "rezero")
 PAPER_SPEEDUP = 0.32
 TRAIN_IMAGES = {"digits": 1437, "cifar10": 45_000}  # training split sizes of the library's loaders
-HAS_RESNET = "classifier_model" in {f.name for f in fields(TrainConfig)}
 
 
 @dataclass(frozen=True)
@@ -91,13 +91,6 @@ def draw(records: pd.DataFrame, table: pd.DataFrame, target: float):
     return figure
 
 
-def draw_missing(reason: str):
-    figure, axis = plt.subplots(figsize=(6, 2))
-    axis.text(0.5, 0.5, reason, ha="center", va="center", wrap=True)
-    axis.set_axis_off()
-    return figure
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(NAME, __doc__, argv)
     clock = Stopwatch()
@@ -105,17 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_name = f"ResNet-{scale.settings['depth']}"
     data_name = scale.settings["data"]
     claim_text = f"ReZero {model_name} reaches the target accuracy in fewer epochs than the standard {model_name}"
-    if not HAS_RESNET:
-        reason = "not run: this library version has no CIFAR ResNet (TrainConfig.classifier_model)"
-        save_figure(draw_missing(reason), args)
-        save_frame(pd.DataFrame(columns=["variant", "run", "status", "steps_to_target", "epochs_to_target"]), args)
-        write_claims(args, "ResNets: epochs to a target accuracy", [Claim(claim_text, f"{PAPER_SPEEDUP:.0%} faster (ResNet-56, CIFAR-10)", reason, None)],
-                     settings=reason, seconds=clock.seconds)
-        return 0
-
-    config = replace(TrainConfig(**scale.settings), device=args.device)
-    if config.data == "cifar10":
-        config = replace(config, data_path=require_data_path(args, "CIFAR-10"))
+    config, _ = prepare_config(TrainConfig(**scale.settings), args)
     comparison = train_variants(config, variants=VARIANTS, depths=[config.depth], target=scale.target)
     table = comparison.runs[["variant", "run", "status", "steps_to_target", "final_metric"]].copy()
     table["epochs_to_target"] = [epochs(s, config) for s in table["steps_to_target"]]
@@ -147,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     c = config
     settings = (
         f"{model_name} on `{c.data}` ({TRAIN_IMAGES[c.data]} training images), batch {c.batch_size}, {c.steps} steps "
-        f"({epochs(c.steps, c):.0f} epochs) of SGD with momentum 0.9 at a constant lr {c.lr}, weight decay "
+        f"({epochs(c.steps, c):.3g} epochs) of SGD with momentum 0.9 at a constant lr {c.lr}, weight decay "
         f"{c.weight_decay}, target validation accuracy {scale.target:g}, validation every {c.eval_every} steps"
     )
     write_claims(args, "ResNets: epochs to a target accuracy", claims, settings=settings, seconds=clock.seconds, notes=[
@@ -158,4 +141,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command_line(main, NAME))

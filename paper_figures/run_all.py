@@ -50,8 +50,15 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="torch device passed to every script")
     parser.add_argument("--only", default=None, help=f"comma-separated scripts to run (default: all of {', '.join(names)})")
     parser.add_argument("--jobs", type=int, default=1, help="scripts to run at the same time (default: 1)")
-    parser.add_argument("--root", type=Path, default=FIGURES_DIR, help="folder with the scripts' output folders and the README")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="folder for the scripts' output folders and the README (default: paper_figures/; "
+                             "required at --scale smoke)")
     args = parser.parse_args(argv)
+    if args.root is None:
+        if args.scale == "smoke":
+            parser.error("--scale smoke needs --root: smoke numbers must not replace the committed ci figures "
+                         "and README in paper_figures/; pass a scratch folder such as --root /tmp/paper_figures")
+        args.root = FIGURES_DIR
     args.selected = names if args.only is None else [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(args.selected) - set(names))
     if unknown:
@@ -122,7 +129,8 @@ def render_readme(root: Path, timings: pd.DataFrame | None) -> str:
         "python paper_figures/run_all.py --scale paper --data-path DATA    # enwik8 or CIFAR-10, meant for a GPU",
         "```",
         "",
-        "Scales: `smoke` is a size check for the tests (seconds); `ci` uses the embedded text",
+        "Scales: `smoke` is a size check for the tests (seconds) and writes only where `--out` or `--root`",
+        "points, never here; `ci` uses the embedded text",
         "(`pydoc_data.topics`) and scikit-learn's digits at sizes that run in minutes on a 2-core CPU; `paper`",
         "uses enwik8 or CIFAR-10 from `--data-path` at the paper's model sizes and is meant for a GPU. The",
         "`ours (paper)` column stays blank until a script has run at that scale. Each `<name>.md` gives the",

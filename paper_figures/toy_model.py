@@ -36,6 +36,7 @@ from _common import (  # noqa: E402
     Stopwatch,
     format_number,
     parse_arguments,
+    run_command_line,
     save_figure,
     save_frame,
     write_claims,
@@ -266,9 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     ]
     settings = (
-        f"L = {depth}, x0 = {X0}, y = {TARGET}, w0 = {W0}, {scale.steps} steps per path, "
-        f"{scale.learning_rates} learning rates from {LEARNING_RATE_RANGE[0]:g} to {LEARNING_RATE_RANGE[1]:g} "
-        f"at depths {', '.join(map(str, scale.depths))}"
+        f"landscape and paths at depth L = {depth}, x0 = {X0}, y = {TARGET}, w0 = {W0}, {scale.steps} steps per path; "
+        f"learning-rate sweep: {scale.learning_rates} learning rates from {LEARNING_RATE_RANGE[0]:g} to "
+        f"{LEARNING_RATE_RANGE[1]:g} at depths {', '.join(map(str, scale.depths))}"
     )
     write_claims(args, "Scalar toy model: x_L = (1 + alpha w)^L x_0", claims, settings=settings, seconds=clock.seconds, notes=[
         "float64 autograd, exact: no sampling and no seed.",
@@ -279,4 +280,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command_line(main, NAME))

@@ -46,7 +46,7 @@ from .studies import (
     summarise_by_group,
     theory_overlays,
 )
-from .models import ACTIVATIONS, WEIGHT_INITS
+from .models import ACTIVATIONS, RESNET_VARIANTS, WEIGHT_INITS
 from .spectra import JACOBIAN_MODES
 from .training import TrainConfig
 from .diagnose import INPUT_KINDS as DIAGNOSE_INPUT_KINDS, METHODS as DIAGNOSE_METHODS
@@ -345,11 +345,14 @@ def _add_diagnose_parser(commands) -> None:
 
 _OPTION_HELP = {
     "variant": f"residual variant of every block, one of {', '.join(VARIANTS)} (post-norm with warm-up: "
-               f"--variant post_norm --warmup-steps N)",
+               f"--variant post_norm --warmup-steps N); the ResNet accepts {', '.join(RESNET_VARIANTS)}",
     "warmup_steps": "linear learning-rate warm-up over the first N steps (0: none)",
     "task": "lm (character language model) or classifier (MLP or ResNet on images)",
     "classifier_model": "classifier network: mlp, or resnet (CIFAR ResNet with --depth 6n+2 layers, e.g. 20, 56, 110)",
-    "data": "lm: default (pydoc_data.topics text) or enwik8; classifier: digits or cifar10",
+    "data": "lm: default (pydoc_data.topics text) or enwik8; classifier: digits or cifar10 (default: default for lm, "
+            "digits for classifier)",
+    "depth": "number of blocks of the LM or MLP (default 12); weighted layers of the ResNet, 6n+2 such as 20, 56 "
+             "or 110 (default 20)",
     "data_path": "enwik8 file or cifar-10-batches-py folder",
     "spectrum_every": "record Jacobian spectra of the block stack every N steps (0: never)",
     "track_every": "record tracked quantities every N steps (0: never), or N per decade with --track-schedule log",
@@ -375,6 +378,9 @@ def _add_train_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
             continue
         flag = "--" + item.name.replace("_", "-")
         default = getattr(defaults, item.name)
+        if item.name in ("data", "depth"):
+            # Left out of the namespace unless given, so TrainConfig picks them from the task and model.
+            default = argparse.SUPPRESS
         help_text = _OPTION_HELP.get(item.name, item.name.replace("_", " "))
         if item.type == "bool":
             parser.add_argument(flag, action="store_true", help=help_text)

@@ -236,3 +236,18 @@ def test_spectrum_residual_theory_overlay(tmp_path, capsys):
     status, _, err = run([*options, "--alpha-init", "0", "--output-dir", str(tmp_path / "zero")], capsys)
     assert status == 2
     assert "at alpha = 0 the network is the identity map" in err
+
+
+def test_train_defaults_follow_task_and_model():
+    from rezero_dynamics import cli
+
+    parser = cli.build_parser()
+    classifier = cli._train_config(parser.parse_args(["train", "--task", "classifier"]))
+    assert classifier.data == "digits"
+    assert classifier.depth == 12
+    resnet = cli._train_config(parser.parse_args(["train", "--task", "classifier", "--classifier-model", "resnet"]))
+    assert resnet.depth == 20
+    chosen = cli._train_config(parser.parse_args(["train", "--task", "classifier", "--classifier-model", "resnet",
+                                                  "--depth", "56", "--data", "digits"]))
+    assert (chosen.depth, chosen.data) == (56, "digits")
+    assert cli._train_config(parser.parse_args(["train"])).data == "default"

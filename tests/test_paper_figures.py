@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,18 +41,13 @@ def test_script_writes_png_csv_and_table(smoke_outputs, name):
     folder = smoke_outputs / name
     assert (folder / f"{name}.png").read_bytes()[:8] == PNG_SIGNATURE
     frame = pd.read_csv(folder / f"{name}.csv")
-    if name != "resnet_convergence" or resnet_available():
-        assert len(frame) > 0
+    assert len(frame) > 0
     claims = common.read_claims(folder / f"{name}.md")
     assert list(claims.columns) == list(common.CLAIM_COLUMNS)
     assert len(claims) > 0
     assert (claims["ours (ci)"] != "").all()
     assert (claims["ours (paper)"] == "").all()
     assert claims["effect holds"].str.match(r"^smoke: (yes|no|not measured)$").all()
-
-
-def resnet_available() -> bool:
-    return importlib.import_module("resnet_convergence").HAS_RESNET
 
 
 def test_toy_gradient_at_alpha_zero_matches_closed_form():
@@ -118,8 +114,87 @@ def test_claims_table_keeps_other_scale(tmp_path):
 
 def test_paper_scale_requires_data_path(tmp_path):
     module = importlib.import_module("alpha_trajectories")
-    with pytest.raises(ValueError, match="--data-path"):
-        module.main(["--scale", "paper", "--out", str(tmp_path), "--device", "cpu"])
+    out = tmp_path / "out"
+    with pytest.raises(common.FigureError, match="--data-path"):
+        module.main(["--scale", "paper", "--out", str(out), "--device", "cpu"])
+    assert not out.exists()
+
+
+def test_missing_data_is_one_line_error(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, str(FIGURES_DIR / "transformer_convergence.py"), "--scale", "paper",
+               "--data-path", str(tmp_path / "enwik8"), "--device", "cpu", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "enwik8 not found" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_every_run_failed_names_cause(tmp_path):
+    from rezero_dynamics.training import TrainConfig
+
+    config = TrainConfig(data="enwik8", data_path=str(tmp_path / "enwik8"), depth=2, d_model=8, heads=2, seq_len=8,
+                         batch_size=2, steps=2, eval_every=1, eval_batches=1, checkpoint_every=0)
+    with pytest.raises(common.FigureError, match=r"every run failed \(2 runs\): FileNotFoundError: enwik8 not found"):
+        common.train_variants(config, variants=["rezero", "pre_norm"], depths=[2])
+
+
+def test_unavailable_device_rejected(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        common.parse_arguments("example", "Example.", ["--device", "cuda", "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    args = common.parse_arguments("example", "Example.", ["--out", str(tmp_path)])
+    assert args.device == "cpu"
+
+
+def test_smoke_scale_requires_out():
+    with pytest.raises(SystemExit) as stop:
+        common.parse_arguments("example", "Example.", ["--scale", "smoke"])
+    assert stop.value.code == 2
+    with pytest.raises(SystemExit) as stop:
+        run_all.parse_arguments(["--scale", "smoke"])
+    assert stop.value.code == 2
+
+
+def test_smoke_replaces_ci_settings_line(tmp_path):
+    claims = [common.Claim("ReZero is faster", "56% faster", "+40%", True)]
+    for scale in ("ci", "paper", "smoke"):
+        args = common.parse_arguments("example", "Example.", ["--scale", scale, "--out", str(tmp_path)])
+        common.write_claims(args, "Example", claims, settings=f"{scale} settings", seconds=1.0)
+    text = (tmp_path / "example.md").read_text()
+    assert "- scale `ci`" not in text
+    assert "- scale `paper`" in text
+    assert "- scale `smoke`" in text
+
+
+def test_diverged_run_not_counted():
+    module = importlib.import_module("transformer_convergence")
+    table = pd.DataFrame({
+        "label": ["a", "b", "c", "d"], "run": ["a", "b", "c", "d"],
+        "status": ["completed", "completed", "completed", "failed"],
+        "steps_to_target": [30.0, 45.0, math.nan, math.nan],
+        "final_metric": [3.0, 492.6, 7.0, math.nan],
+    })
+    curves = pd.DataFrame({"run": ["a", "b", "c", "a", "b", "c"], "step": [0, 0, 0, 15, 15, 15],
+                           "value": [7.1, 110.0, 7.2, 5.0, 99.8, 7.1]})
+    marked = module.mark_diverged(table, curves, uniform_bits=math.log2(103))
+    assert marked["status"].str.startswith("diverged").tolist() == [False, True, False, False]
+    assert math.isnan(marked.loc[1, "steps_to_target"])
+    assert marked.loc[0, "steps_to_target"] == 30.0
+    assert marked.loc[3, "status"] == "failed"
+
+
+def test_alpha_trend_at_last_record():
+    module = importlib.import_module("alpha_trajectories")
+    rising = pd.Series([0.0, 0.01, 0.037], index=[0, 296, 298])
+    assert module.describe_trend(rising, 298, 298) == "still rising at the last record (step 298): 0.037"
+    falling = pd.Series([0.0, 0.05, 0.02], index=[0, 10, 20])
+    assert module.describe_trend(falling, 10, 20) == "peak 0.05 at step 10, 0.02 at step 20 (60.0% below the peak)"
 
 
 def test_deep_mlp_moving_average():

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from rezero_dynamics.models import RESNET_VARIANTS, CifarResNet
+from rezero_dynamics.models import RESNET_VARIANTS, CifarResNet, ResNetBlock
 from rezero_dynamics.spectra import jacobian_spectrum
 from rezero_dynamics.training import TrainConfig, read_status, train
 
@@ -121,6 +121,17 @@ def test_resnet_variants_train_three_steps(variant):
         assert torch.isfinite(loss)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+@pytest.mark.parametrize(("stride", "side"), [(1, 8), (2, 4)])
+def test_rezero_block_shortcut_follows_stride(stride, side):
+    block = ResNetBlock(16, 32, stride, "rezero", residual_branches=3)
+    x = torch.randn(2, 16, 8, 8)
+    y = block(x)
+    assert y.shape == (2, 32, side, side)
+    # alpha = 0: the output is the option-A shortcut, x subsampled by the stride with 16 zero channels.
+    expected = functional.pad(x[..., ::stride, ::stride], (0, 0, 0, 0, 0, 16))
+    assert torch.equal(y, expected)
 
 
 def test_rezero_resnet_alphas():

@@ -332,3 +332,36 @@ def test_more_invalid_config_messages():
         TrainConfig(weight_decay=-1.0).validate()
     with pytest.raises(ValueError, match="use --spectrum-tokens at most --seq-len"):
         TrainConfig(seq_len=16, spectrum_every=1, spectrum_tokens=100).validate()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"task": "classifier", "classifier_model": "resnet", "activation": "tanh"}, "activation='tanh' is not used by the ResNet"),
+        ({"task": "classifier", "classifier_model": "resnet", "width": 64}, "width=64 is not used by the ResNet"),
+        ({"task": "classifier", "classifier_model": "resnet", "norm": "batch"}, "norm='batch' is not used by the ResNet"),
+        ({"task": "classifier", "classifier_model": "resnet", "init": "orthogonal"}, "init='orthogonal' is not used by the ResNet"),
+        ({"task": "classifier", "classifier_model": "resnet", "sigma_w": 2.0}, "sigma_w=2.0 is not used by the ResNet"),
+        ({"variant": "deepnorm", "norm": "batch"}, "norm='batch' is not used by the character LM"),
+        ({"task": "classifier", "seq_len": 32}, "seq_len=32 is not used by the MLP classifier"),
+        ({"variant": "residual", "alpha_init": 0.5}, "alpha_init=0.5 is not used by variant 'residual'"),
+    ],
+)
+def test_unused_settings_rejected(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**settings).validate()
+
+
+def test_used_settings_accepted():
+    TrainConfig(task="classifier", activation="tanh", width=64, norm="batch", variant="pre_norm").validate()
+    TrainConfig(variant="rezero_pre_norm", alpha_init=0.5).validate()
+
+
+def test_task_and_model_defaults():
+    assert TrainConfig().data == "default"
+    assert TrainConfig().depth == 12
+    assert TrainConfig(task="classifier").validate().data == "digits"
+    resnet = TrainConfig(task="classifier", classifier_model="resnet").validate()
+    assert resnet.depth == 20
+    assert resnet.data == "digits"
+    assert TrainConfig(task="classifier", classifier_model="resnet", depth=56).depth == 56

@@ -70,8 +70,23 @@ def test_fixup_zeroes_head_and_scales_inner_layers():
 
 
 def test_fixup_relu_mlp_rejected():
-    with pytest.raises(ValueError, match="'fixup' with activation 'relu' cannot learn"):
+    with pytest.raises(ValueError, match="'fixup' with activation 'relu' cannot learn.*only the output bias fixup_bias_out learns"):
         DeepMLP(8, 2, activation="relu", variant="fixup")
+
+
+def test_fixup_relu_block_gradients():
+    """The rejection message's claim: at Fixup's zero init only the output bias gets a gradient."""
+    from rezero_dynamics.models.mlp import DenseBranch
+
+    branch = DenseBranch(8, "relu")
+    nn.init.zeros_(branch.linear.weight)
+    nn.init.zeros_(branch.linear.bias)
+    block = ResidualBlock(branch, "fixup", 8, residual_branches=2)
+    block(torch.randn(4, 8)).square().sum().backward()
+    gradients = {name: parameter.grad for name, parameter in block.named_parameters()}
+    assert gradients["fixup_bias_out"].abs() > 0
+    for name in ("sublayer.linear.weight", "sublayer.linear.bias", "fixup_scale", "fixup_bias_in"):
+        assert torch.count_nonzero(gradients[name]) == 0, name
 
 
 def test_gpt2_output_projection_std():

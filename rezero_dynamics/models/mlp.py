@@ -125,8 +125,8 @@ class DeepMLP(nn.Module):
             raise ValueError(
                 "variant 'fixup' with activation 'relu' cannot learn: Fixup sets each block's only "
                 "dense layer to 0, so ReLU(W x + b) starts at ReLU's kink, where PyTorch's gradient "
-                "is 0, and W, b and the Fixup scalars never get a gradient; use activation 'tanh' "
-                "or 'linear'"
+                "is 0: W, b, the Fixup scale and the input bias never get a gradient, and only the "
+                "output bias fixup_bias_out learns; use activation 'tanh' or 'linear'"
             )
         self.width = width
         self.variant = variant

@@ -56,13 +56,16 @@ def resnet_blocks_per_stage(depth: int) -> int:
 
 
 class DownsampleShortcut(nn.Module):
-    """He et al.'s option-A shortcut: (B, C, H, W) -> (B, out_channels, ceil(H/2), ceil(W/2)).
+    """He et al.'s option-A shortcut: (B, C, H, W) -> (B, out_channels, ceil(H/s), ceil(W/s)).
 
-    It keeps every second pixel in each direction and appends zero channels; no parameters.
+    It keeps every ``stride``-th pixel in each direction (all of them at stride 1, as in the
+    block's branch) and appends zero channels; no parameters.
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2) -> None:
         super().__init__()
+        check_positive_int("stride", stride)
+        self.stride = stride
         if out_channels < in_channels:
             raise ValueError(
                 f"a shortcut cannot drop channels ({in_channels} -> {out_channels}); use out_channels >= in_channels"
@@ -70,11 +73,11 @@ class DownsampleShortcut(nn.Module):
         self.extra_channels = out_channels - in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[..., ::2, ::2]
+        x = x[..., :: self.stride, :: self.stride]
         return nn.functional.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
 
     def extra_repr(self) -> str:
-        return f"extra_channels={self.extra_channels}"
+        return f"extra_channels={self.extra_channels}, stride={self.stride}"
 
 
 class ConvBranch(nn.Module):
@@ -141,7 +144,7 @@ class ResNetBlock(nn.Module):
             batch_norm=batch_norm, last_norm=variant != "zero_gamma", relu_last=variant == "rezero",
         )
         downsample = stride != 1 or in_channels != out_channels
-        shortcut = DownsampleShortcut(in_channels, out_channels) if downsample and variant != "none" else None
+        shortcut = DownsampleShortcut(in_channels, out_channels, stride) if downsample and variant != "none" else None
         self.residual = ResidualBlock(
             branch, variant, out_channels, norm="batch2d", alpha_init=alpha_init,
             residual_branches=residual_branches, shortcut=shortcut,

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from ..data import CharCorpus, load_cifar10, load_digits, load_enwik8
 from ..models import ACTIVATIONS, RESNET_VARIANTS, WEIGHT_INITS
 from ..models.resnet import resnet_blocks_per_stage
-from ..residual import NORMS, check_variant
+from ..residual import GATED_VARIANTS, NORMS, check_variant
 from ..tracking import RECORDS_FILE, Every, LogSpaced, RecordWriter, Tracker
 from ..tracking.records import read_csv_rows, read_records, replace_atomically
 from .checkpoints import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
@@ -64,20 +64,24 @@ class TrainConfig:
     """Settings of one run. Defaults: a 12-layer ReZero character LM on the embedded corpus.
 
     ``task`` is ``lm`` (data ``default`` or ``enwik8``) or ``classifier`` (data ``digits``
-    or ``cifar10``); ``data_path`` locates enwik8 or the CIFAR-10 batch folder. The LM
-    uses d_model, heads, d_ff and seq_len; the classifier's MLP uses width, activation,
-    init, sigma_w and norm. ``classifier_model="resnet"`` trains a CIFAR ResNet instead,
-    with ``depth`` its number of weighted layers (6n + 2: 20, 56, 110, ...). ``batch_size``
+    or ``cifar10``); ``data`` left at None becomes the task's first data set.
+    ``data_path`` locates enwik8 or the CIFAR-10 batch folder. The LM uses d_model,
+    heads, d_ff and seq_len; the classifier's MLP uses width, activation, init, sigma_w
+    and norm. ``classifier_model="resnet"`` trains a CIFAR ResNet instead, with ``depth``
+    its number of weighted layers (6n + 2: 20, 56, 110, ...). ``depth`` left at None
+    becomes 20 for the ResNet and 12 otherwise. ``validate`` rejects a setting the chosen
+    model does not use when it differs from its default, and ``alpha_init`` other than 0
+    for a variant without alpha. ``batch_size``
     is the global batch, split over the processes of a ``torchrun`` run. ``precision``
     (fp32, bf16 or fp16) sets autocast for the forward pass and the loss; ``compile``
     runs the model through ``torch.compile``.
     """
 
     task: str = "lm"
-    data: str = "default"
+    data: str | None = None
     data_path: str | None = None
     variant: str = "rezero"
-    depth: int = 12
+    depth: int | None = None
     d_model: int = 64
     heads: int = 4
     d_ff: int | None = None
@@ -112,6 +116,12 @@ class TrainConfig:
     device: str = "cpu"
     precision: str = "fp32"
     compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.data is None and self.task in TASKS:
+            object.__setattr__(self, "data", TASKS[self.task][0])
+        if self.depth is None:
+            object.__setattr__(self, "depth", 20 if self.classifier_model == "resnet" else 12)
 
     def validate(self) -> "TrainConfig":
         """Return self, or raise ValueError naming the first invalid setting and the fix."""
@@ -157,7 +167,32 @@ class TrainConfig:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.classifier_model == "resnet":
             self._validate_resnet()
+        self._validate_unused()
         return self
+
+    def _validate_unused(self) -> None:
+        if self.task == "lm":
+            model = "the character LM, a Transformer with LayerNorm and sizes set by --d-model, --heads and --d-ff"
+            unused = ("width", "activation", "init", "sigma_w", "norm")
+        elif self.classifier_model == "resnet":
+            model = "the ResNet, which has fixed ReLU, He initialisation, batch norm and 16/32/64 channels"
+            unused = ("width", "activation", "init", "sigma_w", "norm", "d_model", "heads", "d_ff", "seq_len")
+        else:
+            model = "the MLP classifier"
+            unused = ("d_model", "heads", "d_ff", "seq_len")
+        defaults = {item.name: item.default for item in dataclasses.fields(self)}
+        for name in unused:
+            value = getattr(self, name)
+            if value != defaults[name]:
+                raise ValueError(
+                    f"{name}={value!r} is not used by {model}; leave --{name.replace('_', '-')} at its "
+                    f"default {defaults[name]!r}"
+                )
+        if self.alpha_init != 0.0 and self.variant not in GATED_VARIANTS:
+            raise ValueError(
+                f"alpha_init={self.alpha_init} is not used by variant {self.variant!r}, which has no alpha; "
+                f"use one of {', '.join(GATED_VARIANTS)} or leave --alpha-init at 0"
+            )
 
     def _validate_resnet(self) -> None:
         if self.task != "classifier":
