@@ -35,7 +35,7 @@ from _common import (  # noqa: E402
 )
 
 from rezero_dynamics.plots import plot_log10_singular_value_histograms  # noqa: E402
-from rezero_dynamics.studies import SpectrumConfig, spectrum_study, summarise_by_group  # noqa: E402
+from rezero_dynamics.studies import SpectrumConfig, spectrum_study  # noqa: E402
 from rezero_dynamics.training import TrainConfig  # noqa: E402
 
 NAME = "jacobian_spectra"

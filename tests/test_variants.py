@@ -230,3 +230,14 @@ def test_post_norm_with_warmup_in_compare(tmp_path):
     records = read_records(tmp_path / "runs" / "post_norm_warmup-L2-s0")
     lr = records[records["quantity"] == "lr"].sort_values("step")["value"].tolist()
     assert lr == pytest.approx([0.005, 0.01, 0.01])
+
+
+def test_compare_alpha_init_only_for_gated(tmp_path):
+    base = TrainConfig(task="classifier", data="digits", width=16, depth=2, activation="tanh", batch_size=8,
+                       steps=2, eval_every=0, checkpoint_every=0, alpha_init=0.5)
+    runs = compare(base, tmp_path, variants=["residual", "rezero"], depths=[2])
+    assert runs["status"].tolist() == ["completed", "completed"]
+    residual = json.loads((tmp_path / "runs" / "residual-L2-s0" / "config.json").read_text())
+    rezero = json.loads((tmp_path / "runs" / "rezero-L2-s0" / "config.json").read_text())
+    assert residual["alpha_init"] == 0.0
+    assert rezero["alpha_init"] == 0.5

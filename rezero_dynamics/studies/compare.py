@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..residual import GATED_VARIANTS
 from ..tracking import read_csv_rows, read_records
 from ..tracking.records import replace_atomically
 from ..training import TrainConfig, train
@@ -86,7 +87,8 @@ def compare(
     overrides name the variant, so one comparison can hold post-norm with and without
     warm-up: ``variants=["post_norm", "post_norm_warmup"]`` with
     ``overrides={"post_norm_warmup": {"variant": "post_norm", "warmup_steps": 1000}}``.
-    Runs and rows are named by the label. ``target`` is the validation metric value whose first
+    Runs and rows are named by the label. ``base.alpha_init`` applies to variants with
+    an alpha only; the others start from their own definition. ``target`` is the validation metric value whose first
     crossing is reported as ``steps_to_target``. Returns the runs table, also written to
     ``output_dir/runs.csv`` after every run, so an interrupted comparison keeps the rows
     of the runs it finished. The table follows the order of the combinations.
@@ -109,6 +111,8 @@ def compare(
             for seed in seeds:
                 name = run_name(variant, depth, seed)
                 settings = {"variant": variant, "depth": depth, "seed": seed, **(overrides or {}).get(variant, {})}
+                if settings["variant"] not in GATED_VARIANTS:
+                    settings.setdefault("alpha_init", 0.0)  # the base's alpha_init is for the gated variants
                 jobs.append((name, dataclasses.replace(base, **settings), output_dir / "runs" / name))
                 labels.append(variant)
     devices = list(devices or [])
