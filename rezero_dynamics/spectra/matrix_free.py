@@ -225,39 +225,43 @@ def lanczos_gram(
     return basis, tridiagonal, beta
 
 
-def _orthonormal_block(
-    block: torch.Tensor, basis: torch.Tensor, scale: float, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Orthonormalise ``block`` (s, b) against ``basis`` (s, d) and within itself.
+def _project_out(block: torch.Tensor, basis: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``block`` minus its components along the blocks of ``basis``, and those components (d, b)."""
+    coefficients = [part.T @ block for part in basis]
+    for part, coefficient in zip(basis, coefficients):
+        block = block - part @ coefficient
+    return block, torch.cat(coefficients) if coefficients else block.new_zeros(0, block.shape[1])
 
-    Returns (Q, C, R) with ``block = basis @ C + Q @ R``: Q (s, b) orthonormal and
-    orthogonal to ``basis``, C (d, b), R (b, b). Classical Gram-Schmidt runs twice, then
-    QR. Where the block is nearly dependent on ``basis`` or within itself, QR divides
-    rounding errors by a small diagonal of R, so Q is projected and factorised once more.
-    A column left with a norm below 1e-13 * ``scale`` (an invariant subspace: the identity
-    or the zero map) is replaced by a fresh random direction orthogonal to everything
-    else, so the Krylov space keeps growing. Its row of R then contains the tiny remainder.
+
+def _orthonormal_block(
+    block: torch.Tensor, basis: list[torch.Tensor], scale: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Orthonormalise ``block`` (s, b) against ``basis`` and within itself.
+
+    ``basis`` is a list of blocks with orthonormal columns, d in all; it is kept as a
+    list so that growing it never copies it. Returns (Q, C, R) with
+    ``block = [basis] @ C + Q @ R``: Q (s, b) orthonormal and orthogonal to ``basis``,
+    C (d, b), R (b, b). Classical Gram-Schmidt runs twice, then QR. Where the block is
+    nearly dependent on ``basis`` or within itself, QR divides rounding errors by a small
+    diagonal of R, so Q is projected and factorised once more. A column left with a norm
+    below 1e-13 * ``scale`` (an invariant subspace: the identity or the zero map) is
+    replaced by a fresh random direction orthogonal to everything else, so the Krylov
+    space keeps growing. Its row of R then contains the tiny remainder.
     """
-    coefficients = basis.T @ block
-    block = block - basis @ coefficients
-    correction = basis.T @ block
-    block = block - basis @ correction
+    projected, coefficients = _project_out(block, basis)
+    projected, correction = _project_out(projected, basis)
     coefficients = coefficients + correction
-    q, r = torch.linalg.qr(block)
-    q = q - basis @ (basis.T @ q)
-    q, refined = torch.linalg.qr(q)
+    q, r = torch.linalg.qr(projected)
+    q, refined = torch.linalg.qr(_project_out(q, basis)[0])
     r = refined @ r
     deficient = r.diagonal().abs() <= 1e-13 * scale
     if bool(deficient.any()):
-        keep = q[:, ~deficient]
-        spanned = torch.cat([basis, keep], dim=1)
+        spanned = [*basis, q[:, ~deficient]]
         fresh = torch.randn(block.shape[0], int(deficient.sum()), generator=generator, dtype=block.dtype)
-        fresh = fresh.to(block.device)
-        for _ in range(2):
-            fresh = fresh - spanned @ (spanned.T @ fresh)
+        fresh = _project_out(_project_out(fresh.to(block.device), spanned)[0], spanned)[0]
         q = q.clone()
         q[:, deficient] = torch.linalg.qr(fresh)[0]
-        r = q.T @ block
+        r = q.T @ projected
     return q, coefficients, r
 
 
@@ -291,8 +295,9 @@ class GolubKahan:
         self.size = min(m, n)
         self.block_size = min(block_size, self.size)
         dtype, device = operator.dtype, operator.device
-        self.right = torch.zeros(n, 0, dtype=dtype, device=device)
-        self.left = torch.zeros(m, 0, dtype=dtype, device=device)
+        self._right: list[torch.Tensor] = []  # blocks of V, (n, b) each
+        self._left: list[torch.Tensor] = []  # blocks of U, (m, b) each
+        self.columns = 0
         self.projected = torch.zeros(0, 0, dtype=dtype, device=device)
         self.scale = 1e-300
         start = torch.randn(n, self.block_size, generator=generator, dtype=dtype).to(device)
@@ -302,8 +307,14 @@ class GolubKahan:
         self.last_width = 0
 
     @property
-    def columns(self) -> int:
-        return self.right.shape[1]
+    def right(self) -> torch.Tensor:
+        """V, (n, d)."""
+        return torch.cat(self._right, dim=1) if self._right else self.next_right[:, :0]
+
+    @property
+    def left(self) -> torch.Tensor:
+        """U, (m, d)."""
+        return torch.cat(self._left, dim=1)
 
     def extend(self, columns: int) -> None:
         """Run block steps until the bases have at least ``columns`` columns (at most min(m, n))."""
@@ -313,15 +324,16 @@ class GolubKahan:
             d = self.columns
             pushed = self._push(block)  # J V_j, (m, b)
             self.scale = max(self.scale, float(pushed.norm()))
-            left, above, diagonal = _orthonormal_block(pushed, self.left, self.scale, self.generator)
+            left, above, diagonal = _orthonormal_block(pushed, self._left, self.scale, self.generator)
             b = self.last_width = block.shape[1]
             projected = self.projected.new_zeros(d + b, d + b)
             projected[:d, :d] = self.projected
             projected[:d, d:] = above
             projected[d:, d:] = diagonal
             self.projected = projected
-            self.left = torch.cat([self.left, left], dim=1)
-            self.right = torch.cat([self.right, block], dim=1)
+            self._left.append(left)
+            self._right.append(block)
+            self.columns += b
             self.blocks += 1
             pulled = self._pull(left)  # J^T U_j, (n, b)
             self.scale = max(self.scale, float(pulled.norm()))
@@ -330,7 +342,7 @@ class GolubKahan:
                 self.next_right = block[:, :0]
                 self.coupling = self.coupling.new_zeros(0, b)
                 break
-            right, _, coupling = _orthonormal_block(pulled, self.right, self.scale, self.generator)
+            right, _, coupling = _orthonormal_block(pulled, self._right, self.scale, self.generator)
             self.next_right, self.coupling = right[:, :following], coupling[:following]
 
     def ritz(self) -> tuple[torch.Tensor, torch.Tensor]:
