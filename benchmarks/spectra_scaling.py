@@ -9,13 +9,13 @@ PyTorch's default thread count and again with one thread.
 
 Part 2, matrix-free top-16 singular values against materialise-and-``svdvals`` for a
 4-layer tanh MLP at N = 1024, 2048, 4096 (float64; block Golub-Kahan-Lanczos with
-its default block of 16 vectors, tolerance 1e-6): wall time, peak resident memory
+its default block of 8 vectors, tolerance 1e-6): wall time, peak resident memory
 above the model (each measurement in its own process, Linux only: the peak is reset
 through /proc/self/clear_refs once the model is built and the path has run once at
 N = 64) and the largest relative error
 of the 16 values.
 
-Usage: python benchmarks/spectra_scaling.py [--part 1|2|all] [--sizes 1024,2048,4096]
+Usage: python benchmarks/spectra_scaling.py [--part 1|2|all] [--sizes 1024,2048,4096] [--block-size B]
 """
 
 from __future__ import annotations
@@ -85,12 +85,13 @@ from rezero_dynamics.models import DeepMLP
 from rezero_dynamics.spectra import jacobian_matrix
 from rezero_dynamics.spectra.matrix_free import JacobianOperator, extreme_singular_values
 width, path = int(sys.argv[1]), sys.argv[2]
+block_size = None if sys.argv[3] == "default" else int(sys.argv[3])
 
 
 def top16(model, x):
     if path == "dense":
         return torch.linalg.svdvals(jacobian_matrix(model, x, memory_budget=2**34))[:16].numpy()
-    return extreme_singular_values(JacobianOperator(model, x), 16, tol=1e-6).values
+    return extreme_singular_values(JacobianOperator(model, x), 16, tol=1e-6, block_size=block_size).values
 
 
 def build(size):
@@ -112,16 +113,18 @@ print(json.dumps({"seconds": seconds, "peak_kib": peak, "values": values.tolist(
 """
 
 
-def run_child(width: int, path: str) -> dict:
-    output = subprocess.run([sys.executable, "-c", CHILD, str(width), path], capture_output=True, text=True, check=True)
+def run_child(width: int, path: str, block_size: str = "default") -> dict:
+    output = subprocess.run(
+        [sys.executable, "-c", CHILD, str(width), path, block_size], capture_output=True, text=True, check=True
+    )
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
-def part_two(sizes: list[int]) -> None:
-    print("Part 2: top-16 singular values of a 4-layer tanh MLP, float64")
+def part_two(sizes: list[int], block_size: str = "default") -> None:
+    print(f"Part 2: top-16 singular values of a 4-layer tanh MLP, float64, Lanczos block size {block_size}")
     print(f"  {'N':>5} {'dense s':>9} {'free s':>8} {'speed-up':>9} {'dense MiB':>10} {'free MiB':>9} {'memory ratio':>13} {'max rel error':>14}")
     for width in sizes:
-        dense, free = run_child(width, "dense"), run_child(width, "free")
+        dense, free = run_child(width, "dense"), run_child(width, "free", block_size)
         error = max(abs(f - d) / d for f, d in zip(free["values"], dense["values"]))
         ratio = dense["peak_kib"] / max(free["peak_kib"], 1)
         print(
@@ -134,12 +137,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("1", "2", "all"), default="all")
     parser.add_argument("--sizes", default="1024,2048,4096", help="comma-separated widths for part 2")
+    parser.add_argument("--block-size", default="default", help="Lanczos block size for part 2 (default: the library's)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}")
     if args.part in ("1", "all"):
         part_one()
     if args.part in ("2", "all"):
-        part_two([int(s) for s in args.sizes.split(",")])
+        part_two([int(s) for s in args.sizes.split(",")], args.block_size)
 
 
 if __name__ == "__main__":

@@ -41,11 +41,27 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> 
         time.sleep(0.01)
 
 
+@pytest.fixture
+def one_thread():
+    """Run single-threaded: with two threads, sums in a child process and in this one
+    differed in their last bits on a 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _start_cli(arguments: list[str]) -> subprocess.Popen:
     # The same thread count as this process, so floating-point sums match the in-process runs.
     environment = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "MKL_NUM_THREADS": "1"}
+    # A child inherits ignored signals (pytest started under nohup ignores SIGINT), so restore them.
     return subprocess.Popen([sys.executable, "-m", "rezero_dynamics", *arguments], stderr=subprocess.PIPE,
-                            text=True, env=environment)
+                            text=True, env=environment, preexec_fn=_default_signals)
+
+
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _sorted_records(run_dir: Path) -> pd.DataFrame:
@@ -65,7 +81,7 @@ def _assert_same_weights(first: Path, second: Path) -> None:
     (signal.SIGINT, 130, "interrupted; records and the last checkpoint are kept; continue with --resume"),
     (signal.SIGTERM, 143, "terminated (SIGTERM); records and the last checkpoint are kept; continue with --resume"),
 ])
-def test_train_signal_then_resume(tmp_path, capsys, signal_number, exit_status, message):
+def test_train_signal_then_resume(tmp_path, capsys, signal_number, exit_status, message, one_thread):
     # The same folder name in both, because it is the run name in every record row.
     reference, interrupted = tmp_path / "reference" / "run", tmp_path / "interrupted" / "run"
     assert run(["train", *TRAIN, "--output-dir", str(reference)], capsys)[0] == 0
@@ -92,7 +108,7 @@ def test_train_signal_then_resume(tmp_path, capsys, signal_number, exit_status, 
     _assert_same_weights(interrupted, reference)
 
 
-def test_compare_interrupted_then_resumed(tmp_path, capsys):
+def test_compare_interrupted_then_resumed(tmp_path, capsys, one_thread):
     options = [*TRAIN[:-3], "--steps", "60", "--no-progress", "--depths", "2"]
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     assert run(["compare", *options, "--variants", "pre_norm", "--output-dir", str(reference)], capsys)[0] == 0
@@ -142,14 +158,6 @@ REPETITIONS = 20
 def small_corpus():
     text = CharCorpus.default()
     return CharCorpus(text.vocabulary, text.train[:5_000], text.validation[:1_000], text.test[:1_000], "pydoc slice")
-
-
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _train_with_slow_checkpoints(run_dir: Path, corpus: CharCorpus) -> None:

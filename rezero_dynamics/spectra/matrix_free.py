@@ -414,11 +414,14 @@ def extreme_singular_values(
     ``tol`` (relative to the largest singular value) or ``max_steps`` block steps
     (default: until the space spans min(m, n) dimensions) are reached. Its absolute
     accuracy is about eps * max(s), also for the smallest values. ``block_size``
-    vectors go through J and J^T together in each step. A Krylov method finds a
-    repeated singular value at most ``block_size`` times (more copies appear only
-    through rounding), so the block holds at least k vectors: the default is
-    max(k, 16) for ``largest``, which suits dense layers, where a product with 16
-    vectors costs about as much as one with a single vector, and k for ``smallest``.
+    vectors go through J and J^T together in each step, which costs little more than
+    one vector where the products are bound by memory bandwidth (wide dense layers).
+    A Krylov method finds a repeated singular value at most ``block_size`` times (more
+    copies appear only through rounding, or after an invariant subspace is exhausted).
+    The default is k for ``smallest`` and min(k, 8) for ``largest``: at k = 16 and
+    N = 4096, a block of 8 was faster than 16 and needed half the memory
+    (``docs/benchmarks.md``). Pass a larger ``block_size`` when a value may repeat more
+    than 8 times.
 
     NOTE: the torch path is written for any device but has run on CPU only so far.
 
@@ -438,7 +441,7 @@ def extreme_singular_values(
     if not (math.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be a positive number, got {tol!r}")
     if block_size is None:
-        block_size = max(k, 16) if which == "largest" else k
+        block_size = min(k, 8) if which == "largest" else k
     elif isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
