@@ -8,7 +8,7 @@ learning rate; only post-norm + warm-up ramps its learning rate. The speed-up of
 
 The ci scale trains on the embedded text (``pydoc_data.topics``). The paper scale trains
 on enwik8 from ``--data-path`` with the sizes of the paper scale of
-``rezero_dynamics.studies.reproduce``, to the ReZero paper's target of 1.2 bits per byte.
+``rezero_dynamics.studies.reproduce``, to a target of 1.2 bits per byte (the paper's value, not checked here).
 """
 
 from __future__ import annotations
