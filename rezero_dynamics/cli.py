@@ -85,6 +85,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if not 0 <= value <= 2**63 - 1:  # as _checks.check_seed
+        raise argparse.ArgumentTypeError(f"must be a seed from 0 to 2**63 - 1, got {value}")
+    return value
+
+
 def _finite_float(text: str) -> float:
     try:
         value = float(text)
@@ -197,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument("--activation", choices=ACTIVATIONS, default=default.activation, help="activation (MLP)")
     spectrum.add_argument("--init", choices=WEIGHT_INITS, default=default.init, help="weight init (MLP)")
     spectrum.add_argument("--sigma-w", type=_positive_float, default=default.sigma_w, help="weight scale sigma_w (MLP)")
-    spectrum.add_argument("--seed", type=int, default=default.seed, help="seed of inputs and initialisation")
+    spectrum.add_argument("--seed", type=_seed, default=default.seed, help="seed of inputs and initialisation")
     spectrum.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     spectrum.add_argument("--dtype", choices=tuple(DTYPES), default=default.dtype, help="precision of the Jacobian and SVD")
     spectrum.add_argument(
@@ -251,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(compare_parser, skip=("variant", "depth", "seed"))
     compare_parser.add_argument("--variants", type=_comma_list(str, VARIANTS), default="post_norm,pre_norm,rezero", help="comma-separated variants")
     compare_parser.add_argument("--depths", type=_comma_list(_positive_int), default="12", help="comma-separated depths")
-    compare_parser.add_argument("--seeds", type=_comma_list(int), default="0", help="comma-separated seeds")
+    compare_parser.add_argument("--seeds", type=_comma_list(_seed), default="0", help="comma-separated seeds")
     compare_parser.add_argument(
         "--devices", type=_comma_list(str), default=None,
         help="comma-separated devices, one worker process and one run at a time each (e.g. cuda:0,cuda:1); "
@@ -329,7 +339,7 @@ def _add_diagnose_parser(commands) -> None:
     diagnose.add_argument("--sigma-b", type=_finite_float, default=0.0, help="bias scale sigma_b (MLP), >= 0")
     diagnose.add_argument("--input-shape", default=None, help="FILE.py:FUNCTION targets: one sample's shape without the batch dimension, e.g. 16,64")
     diagnose.add_argument("--example-input", default=None, help="FILE.py:FUNCTION targets: FILE.py:FUNCTION returning an input batch (B, *in_shape)")
-    diagnose.add_argument("--seed", type=int, default=0, help="seed of inputs, initialisation and probes")
+    diagnose.add_argument("--seed", type=_seed, default=0, help="seed of inputs, initialisation and probes")
     diagnose.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     diagnose.add_argument(
         "--method", choices=DIAGNOSE_METHODS, default="auto",
@@ -389,6 +399,8 @@ def _add_train_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
             parser.add_argument(flag, default="auto", help=help_text)
             continue
         parse = {"int": int, "float": _finite_float, "str": str}[item.type.split(" | ")[0]]
+        if item.name == "seed":
+            parse = _seed
         parser.add_argument(flag, type=parse, default=default, help=help_text)
 
 

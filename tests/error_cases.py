@@ -189,6 +189,34 @@ def _(folder):
     return cli_error(["plot", str(folder)])
 
 
+@case("cli-seed-out-of-range", CLI, "`spectrum --seed 99999999999999999999`")
+def _(folder):
+    return cli_error(["spectrum", "--seed", "99999999999999999999"])
+
+
+@case("cli-seeds-negative", CLI, "`compare --seeds 0,-1`")
+def _(folder):
+    return cli_error(["compare", "--seeds", "0,-1"])
+
+
+@case("cli-plot-bad-value", CLI, "`plot` of a run whose records.csv has the value `abc`")
+def _(folder):
+    (folder / "records.csv").write_text("run,step,quantity,layer,value\nref,0,grad_norm,1,abc\n")
+    return cli_error(["plot", str(folder)])
+
+
+@case("cli-diagnose-bad-step", CLI, "`diagnose` of a run whose records.csv has the step `x`")
+def _(folder):
+    (folder / "records.csv").write_text("run,step,quantity,layer,value\nref,x,grad_norm,1,1.0\n")
+    return cli_error(["diagnose", str(folder)])
+
+
+@case("cli-plot-binary-records", CLI, "`plot` of a run whose records.csv is random bytes")
+def _(folder):
+    (folder / "records.csv").write_bytes(bytes([0xA8, 0x13, 0xFF, 0x00, 0x42]) * 8)
+    return cli_error(["plot", str(folder)])
+
+
 # -- configuration values ------------------------------------------------------------------
 
 def _train_config(**settings):
@@ -251,6 +279,16 @@ def _(folder):
 @case("config-weight-decay-negative", CONFIG, "`TrainConfig(weight_decay=-1)`")
 def _(folder):
     return _train_config(weight_decay=-1.0)
+
+
+@case("config-seed-negative", CONFIG, "`TrainConfig(seed=-1)`")
+def _(folder):
+    return _train_config(seed=-1)
+
+
+@case("config-spectrum-seed-too-large", CONFIG, "`SpectrumConfig(seed=2**63)`")
+def _(folder):
+    return _spectrum_config(seed=2**63)
 
 
 @case("config-dropout-one", CONFIG, "`TrainConfig(dropout=1.0)`")

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._checks import check_seed
 from ..data import CharCorpus, load_cifar10, load_digits, load_enwik8
 from ..models import ACTIVATIONS, RESNET_VARIANTS, WEIGHT_INITS
 from ..models.resnet import resnet_blocks_per_stage
@@ -161,6 +162,7 @@ class TrainConfig:
                 f"spectrum_tokens={self.spectrum_tokens} exceeds seq_len={self.seq_len}; use --spectrum-tokens "
                 f"at most --seq-len"
             )
+        check_seed("seed", self.seed)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.precision not in PRECISIONS:
