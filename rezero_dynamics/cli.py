@@ -580,6 +580,8 @@ def run_compare(args: argparse.Namespace) -> int:
     from .studies import compare
 
     base = _train_config(args, variant=args.variants[0], depth=args.depths[0], seed=args.seeds[0])
+    for depth in args.depths[1:]:  # before the output folder is made; compare checks every run again
+        dataclasses.replace(base, depth=depth).validate()
     if args.resume:
         if args.output_dir is None or not (args.output_dir / "runs").is_dir():
             raise CommandError("--resume needs --output-dir: the folder of an earlier comparison, with its runs folder")

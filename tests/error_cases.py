@@ -199,6 +199,18 @@ def _(folder):
     return cli_error(["compare", "--seeds", "0,-1"])
 
 
+@case("cli-depth-too-large", CLI, "`spectrum --depths 4,999999999999999999999`",
+      masks=(r"more than the (.*) GiB of memory",))
+def _(folder):
+    return cli_error(["spectrum", "--depths", "4,999999999999999999999"])
+
+
+@case("cli-compare-depth-too-large", CLI, "`compare --depths 4,99999999999999`",
+      masks=(r"more than the (.*) GiB of memory",))
+def _(folder):
+    return cli_error(["compare", *TRAIN_TINY, "--depths", "4,99999999999999", "--output-dir", str(folder / "out")])
+
+
 @case("cli-plot-bad-value", CLI, "`plot` of a run whose records.csv has the value `abc`")
 def _(folder):
     (folder / "records.csv").write_text("run,step,quantity,layer,value\nref,0,grad_norm,1,abc\n")
@@ -276,19 +288,24 @@ def _(folder):
     return _train_config(clip_norm=-1.0)
 
 
-@case("config-weight-decay-negative", CONFIG, "`TrainConfig(weight_decay=-1)`")
+@case("config-weight-decay-negative", CONFIG, "`TrainConfig(weight_decay=-1.0).validate()`")
 def _(folder):
     return _train_config(weight_decay=-1.0)
 
 
-@case("config-seed-negative", CONFIG, "`TrainConfig(seed=-1)`")
+@case("config-seed-negative", CONFIG, "`TrainConfig(seed=-1).validate()`")
 def _(folder):
     return _train_config(seed=-1)
 
 
-@case("config-spectrum-seed-too-large", CONFIG, "`SpectrumConfig(seed=2**63)`")
+@case("config-spectrum-seed-too-large", CONFIG, "`SpectrumConfig(seed=2**63).validate()`")
 def _(folder):
     return _spectrum_config(seed=2**63)
+
+
+@case("config-depth-too-large", CONFIG, "`TrainConfig(depth=10**15).validate()`", masks=(r"more than the (.*) GiB of memory",))
+def _(folder):
+    return _train_config(depth=10**15)
 
 
 @case("config-dropout-one", CONFIG, "`TrainConfig(dropout=1.0)`")

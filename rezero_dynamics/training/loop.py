@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._checks import check_seed
+from .._checks import check_model_fits, check_seed
 from ..data import CharCorpus, load_cifar10, load_digits, load_enwik8
 from ..models import ACTIVATIONS, RESNET_VARIANTS, WEIGHT_INITS
 from ..models.resnet import resnet_blocks_per_stage
@@ -163,6 +163,7 @@ class TrainConfig:
                 f"at most --seq-len"
             )
         check_seed("seed", self.seed)
+        check_model_fits("depth", self.depth, self._parameters_per_block(), 4)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.precision not in PRECISIONS:
@@ -171,6 +172,15 @@ class TrainConfig:
             self._validate_resnet()
         self._validate_unused()
         return self
+
+    def _parameters_per_block(self) -> int:
+        """Return a lower bound on the weights of one block of the model this config trains."""
+        if self.task == "lm":
+            d_ff = 4 * self.d_model if self.d_ff is None else self.d_ff
+            return 4 * self.d_model**2 + 2 * self.d_model * d_ff
+        if self.classifier_model == "resnet":
+            return 9 * 16 * 16  # one 3 x 3 convolution of the narrowest stage
+        return self.width**2
 
     def _validate_unused(self) -> None:
         if self.task == "lm":
