@@ -435,6 +435,31 @@ def _(folder):
     return _cifar(_cifar_folder(folder, pickle.dumps(batch, protocol=2)))
 
 
+@case("data-cifar-string-labels", DATA, "CIFAR-10 batch with label `'a'`")
+def _(folder):
+    batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, "a"]}
+    return _cifar(_cifar_folder(folder, pickle.dumps(batch, protocol=2)))
+
+
+@case("data-cifar-no-images", DATA, "CIFAR-10 folder whose batches hold 0 images")
+def _(folder):
+    batches = _cifar_folder(folder, None)
+    empty = pickle.dumps({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, protocol=2)
+    for path in batches.iterdir():
+        path.write_bytes(empty)
+    return _cifar(batches)
+
+
+@case("data-cifar-too-few-images", DATA, "CIFAR-10 folder of 20 training images, 5000 for validation")
+def _(folder):
+    return _cifar(_cifar_folder(folder, None))
+
+
+@case("data-cifar-batch-file", DATA, "CIFAR-10 batch file `data_batch_1` passed instead of its folder")
+def _(folder):
+    return _cifar(_cifar_folder(folder, None) / "data_batch_1")
+
+
 class _WritesMarker:
     """Unpickling this object would run ``exec`` and create the marker file."""
 
