@@ -532,6 +532,8 @@ def _new_folder(output_dir: Path) -> Path:
 
     Nothing is created here, so a run that fails on its data leaves no empty folder.
     """
+    if str(output_dir) == ".":  # Path("") is Path(".") too
+        raise CommandError("--output-dir is empty or '.'; name a new folder for the results")
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise CommandError(f"--output-dir {output_dir}: exists and is not an empty folder; choose a new path")
     existing = output_dir  # a relative path ends at ".", which exists
@@ -626,6 +628,9 @@ def run_plot(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from None
     if records.empty:
         raise CommandError(f"RUN_DIR {run_dir} has no records yet; nothing to plot")
+    figures_dir = run_dir / "figures"
+    if figures_dir.exists() and not figures_dir.is_dir():
+        raise CommandError(f"{figures_dir} is a file, but plot writes its figures into that folder; move or delete the file")
     spectra_files = sorted(run_dir.rglob("spectra.csv"))  # each run's own; reproduce keeps no combined copy
     spectra = pd.concat([read_csv_rows(p) for p in spectra_files], ignore_index=True) if spectra_files else pd.DataFrame()
     runs = pd.DataFrame({"run": list(dict.fromkeys(records["run"]))})

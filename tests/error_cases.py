@@ -229,6 +229,23 @@ def _(folder):
     return cli_error(["plot", str(folder)])
 
 
+@case("cli-plot-figures-is-file", CLI, "`plot` of a run whose `figures` is a file")
+def _(folder):
+    (folder / "records.csv").write_text("run,step,quantity,layer,value\nref,0,grad_norm,1,1.0\n")
+    (folder / "figures").write_text("not a folder")
+    return cli_error(["plot", str(folder)])
+
+
+@case("cli-output-dir-empty", CLI, "`train --output-dir ''`")
+def _(folder):
+    return cli_error(["train", *TRAIN_TINY, "--output-dir", ""])
+
+
+@case("cli-data-path-unused", CLI, "`train --data default --data-path enwik8`")
+def _(folder):
+    return cli_error(["train", *TRAIN_TINY, "--data", "default", "--data-path", "enwik8"])
+
+
 # -- configuration values ------------------------------------------------------------------
 
 def _train_config(**settings):

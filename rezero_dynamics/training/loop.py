@@ -132,6 +132,11 @@ class TrainConfig:
             raise ValueError(f"data {self.data!r} does not fit task {self.task!r}; choose one of {', '.join(TASKS[self.task])}")
         if self.data in ("enwik8", "cifar10") and not self.data_path:
             raise ValueError(f"data {self.data!r} needs data_path (--data-path): the local file or folder to read")
+        if self.data not in ("enwik8", "cifar10") and self.data_path:
+            raise ValueError(
+                f"data_path (--data-path) {self.data_path!r} is not read by data {self.data!r} (--data), which is "
+                f"built in; drop --data-path or choose --data enwik8 or cifar10"
+            )
         check_variant(self.variant)
         for name in ("depth", "d_model", "heads", "seq_len", "width", "batch_size", "steps", "eval_batches",
                      "spectrum_inputs", "spectrum_tokens"):
