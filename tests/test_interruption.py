@@ -295,3 +295,17 @@ def test_resume_before_first_checkpoint(tmp_path, small_corpus):
     (killed / "records.csv").write_text("run,step,quantity,layer,value\nrun,0,loss,all,9.0\nrun,1,lo")
     assert train(config, killed, corpus=small_corpus, resume=True).status == "completed"
     pd.testing.assert_frame_equal(_sorted_records(killed), _sorted_records(reference))
+
+
+def test_plain_pickle_checkpoint_no_warning(tmp_path):
+    import pickle
+    import warnings
+
+    from rezero_dynamics.training import CheckpointError, load_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(pickle.dumps({"step": 1}, protocol=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        with pytest.raises(CheckpointError, match="was not loaded"):
+            load_checkpoint(path)
