@@ -309,3 +309,50 @@ def test_plain_pickle_checkpoint_no_warning(tmp_path):
         warnings.simplefilter("error")  # any warning fails the test
         with pytest.raises(CheckpointError, match="was not loaded"):
             load_checkpoint(path)
+
+
+def _tiny_run_statuses(tmp_path, monkeypatch, stop_at: int | None):
+    """Train 6 steps with checkpoints every 2; return every status.json written and the result."""
+    from rezero_dynamics.training import loop
+    from rezero_dynamics.training.step import TrainingStep
+
+    written = []
+    write_json = loop._write_json
+
+    def record(path, payload):
+        if path.name == loop.STATUS_FILE:
+            written.append(dict(payload))
+        write_json(path, payload)
+
+    monkeypatch.setattr(loop, "_write_json", record)
+    if stop_at is not None:
+        call = TrainingStep.__call__
+
+        def stop(self, step, batch):
+            if step == stop_at:  # as a second SIGINT that stops at once, between checkpoints
+                raise KeyboardInterrupt
+            return call(self, step, batch)
+
+        monkeypatch.setattr(TrainingStep, "__call__", stop)
+    config = TrainConfig(depth=1, d_model=8, heads=2, seq_len=8, batch_size=2, steps=6, eval_every=0,
+                         eval_batches=1, checkpoint_every=2)
+    corpus = CharCorpus.from_text("abcdefgh" * 200)
+    try:
+        train(config, tmp_path / "run", corpus=corpus)
+    except KeyboardInterrupt:
+        pass
+    return written
+
+
+def test_status_step_follows_checkpoints(tmp_path, monkeypatch):
+    written = _tiny_run_statuses(tmp_path, monkeypatch, stop_at=None)
+    assert [(w["status"], w["step"]) for w in written] == [
+        ("running", -1), ("running", 2), ("running", 4), ("running", 5), ("completed", 5),
+    ]
+
+
+def test_status_step_is_checkpoint_when_interrupted(tmp_path, monkeypatch):
+    written = _tiny_run_statuses(tmp_path, monkeypatch, stop_at=3)
+    assert written[-1]["status"] == "interrupted"
+    assert written[-1]["step"] == 2
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2

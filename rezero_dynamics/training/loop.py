@@ -7,7 +7,8 @@ A run folder contains five files:
 * ``spectra.csv``: Jacobian singular values at scheduled steps;
 * ``checkpoint.pt``: written every ``checkpoint_every`` steps and at the end;
 * ``status.json``: running, completed, diverged, interrupted or failed, with the step
-  and the cause.
+  and the cause. While running and after an interruption the step is that of the newest
+  checkpoint; the file is rewritten atomically at each checkpoint.
 
 Divergence is detected without a host synchronisation per step: a device tensor keeps
 the first step with a non-finite loss or gradient norm, and it is read at evaluations,
@@ -431,10 +432,12 @@ def _train(
     if resume and "scaler" in state:
         run_step.scaler.load_state_dict(state["scaler"])
     status, cause, step = "running", None, start - 1
+    saved_step = start - 1  # the step of the newest checkpoint
     if main:
         _write_json(run_dir / STATUS_FILE, {"status": status, "step": step, "cause": None})
 
     def save(at_step: int) -> None:
+        nonlocal saved_step
         if not main:
             return
         save_checkpoint(
@@ -447,6 +450,9 @@ def _train(
             },
             checkpoint_path,
         )
+        saved_step = at_step
+        # A sweep monitor reads progress here; the step is always one a resume starts after.
+        _write_json(run_dir / STATUS_FILE, {"status": "running", "step": at_step, "cause": None})
 
     def save_on_stop(at_step: int, saved: bool) -> None:
         tracker.flush()
@@ -496,6 +502,7 @@ def _train(
     except BaseException as error:  # KeyboardInterrupt (SIGINT), and the CLI's SIGTERM exception
         signal_name = "SIGINT or Ctrl-C" if isinstance(error, KeyboardInterrupt) else type(error).__name__
         status, cause = "interrupted", f"interrupted ({signal_name}); resume from the last checkpoint"
+        step = saved_step  # a second signal can stop between checkpoints; resume starts after this step
         raise
     finally:
         tracker.close()
