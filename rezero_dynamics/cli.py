@@ -567,6 +567,7 @@ def run_train(args: argparse.Namespace) -> int:
     output_dir = args.output_dir or _default_dir("train")
     if not args.resume and context.is_main:  # rank 0 may have written to it before another rank looks
         _new_folder(output_dir)
+    args.status_dir = output_dir  # lets main tell a signal after completion from one during the run
     result = train_run(config, output_dir, resume=args.resume, progress=not args.no_progress and context.is_main)
     if not context.is_main:
         return 0 if result.status == "completed" else EXIT_DIVERGED
@@ -726,7 +727,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     0 success, 2 invalid input, 3 a training run diverged, 130 interrupted (Ctrl-C),
     141 stdout closed early (a pipe into ``head``; what a shell reports for a writer
-    killed by SIGPIPE), 143 terminated (SIGTERM).
+    killed by SIGPIPE), 143 terminated (SIGTERM). A signal that reaches ``train`` after
+    its status.json says completed exits 0 with a note, because the run is whole.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -744,14 +746,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, ValueError, OSError) as error:  # OSError: unreadable files, a full disk, ...
         print(f"rezero-dynamics {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as error:
+        if _run_completed(args):
+            name = "SIGINT" if isinstance(error, KeyboardInterrupt) else "SIGTERM"
+            print(f"rezero-dynamics {args.command}: {name} arrived after the run completed; "
+                  f"run folder {args.status_dir}", file=sys.stderr)
+            return 0
+        if isinstance(error, Terminated):
+            print(f"rezero-dynamics {args.command}: terminated (SIGTERM); {args.interrupted_note}", file=sys.stderr)
+            return EXIT_TERMINATED
         print(f"rezero-dynamics {args.command}: interrupted; {args.interrupted_note}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Terminated:
-        print(f"rezero-dynamics {args.command}: terminated (SIGTERM); {args.interrupted_note}", file=sys.stderr)
-        return EXIT_TERMINATED
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _run_completed(args: argparse.Namespace) -> bool:
+    """Return whether the run of ``train`` had written its completed status when a signal arrived."""
+    status_dir = getattr(args, "status_dir", None)
+    try:
+        return status_dir is not None and json.loads((status_dir / "status.json").read_text())["status"] == "completed"
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _raise_terminated(signum: int, frame: object) -> None:

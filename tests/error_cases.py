@@ -830,7 +830,9 @@ checks every row against the live message, so the catalogue and the code cannot 
 Other outcomes of the command line: 3 when a training run diverged, 130 after SIGINT
 (Ctrl-C) and 143 after SIGTERM. `train` and `compare` stop at the end of the current
 step, flush the records, write a checkpoint of that step and mark the run `interrupted`;
-`--resume` continues exactly. A second signal stops at once.
+`--resume` continues exactly. A second signal stops at once; status.json then gives the
+step of the newest checkpoint. A signal that reaches `train` after its status.json says
+`completed` exits 0 with a note that it arrived after completion.
 """
 
 

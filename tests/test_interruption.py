@@ -356,3 +356,21 @@ def test_status_step_is_checkpoint_when_interrupted(tmp_path, monkeypatch):
     assert written[-1]["status"] == "interrupted"
     assert written[-1]["step"] == 2
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2
+
+
+def test_sigterm_after_completion_exits_zero(tmp_path, monkeypatch, capsys):
+    import rezero_dynamics.training as training
+    from rezero_dynamics.cli import Terminated, main
+
+    real_train = training.train
+
+    def train_then_signal(*args, **kwargs):
+        real_train(*args, **kwargs)
+        raise Terminated()  # SIGTERM right after the completed status was written
+
+    monkeypatch.setattr(training, "train", train_then_signal)
+    argv = ["train", "--depth", "1", "--d-model", "8", "--heads", "2", "--seq-len", "8", "--batch-size", "2",
+            "--steps", "2", "--eval-every", "0", "--eval-batches", "1", "--no-progress",
+            "--output-dir", str(tmp_path / "run")]
+    assert main(argv) == 0
+    assert "SIGTERM arrived after the run completed" in capsys.readouterr().err
