@@ -34,7 +34,7 @@ def check_model_fits(option: str, depth: int, parameters_per_block: int, bytes_p
     """Raise ValueError when ``depth`` blocks of ``parameters_per_block`` exceed this machine's memory.
 
     ``parameters_per_block`` is a lower bound (weight matrices only), so a rejected model
-    would not fit; the check runs before the model is built, where a huge depth would hang.
+    would not fit. The check runs before the model is built, because a huge depth hangs there.
     """
     estimate = depth * parameters_per_block * bytes_per_parameter
     memory = memory_bytes()

@@ -728,7 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     0 success, 2 invalid input, 3 a training run diverged, 130 interrupted (Ctrl-C),
     141 stdout closed early (a pipe into ``head``; what a shell reports for a writer
     killed by SIGPIPE), 143 terminated (SIGTERM). A signal that reaches ``train`` after
-    its status.json says completed exits 0 with a note, because the run is whole.
+    its status.json records completed exits 0 with a note, because the run is whole.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -762,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_completed(args: argparse.Namespace) -> bool:
-    """Return whether the run of ``train`` had written its completed status when a signal arrived."""
+    """Return whether the status.json of ``train`` records a completed run."""
     status_dir = getattr(args, "status_dir", None)
     try:
         return status_dir is not None and json.loads((status_dir / "status.json").read_text())["status"] == "completed"
