@@ -85,6 +85,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if not 0 <= value <= 2**63 - 1:  # as _checks.check_seed
+        raise argparse.ArgumentTypeError(f"must be a seed from 0 to 2**63 - 1, got {value}")
+    return value
+
+
 def _finite_float(text: str) -> float:
     try:
         value = float(text)
@@ -197,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument("--activation", choices=ACTIVATIONS, default=default.activation, help="activation (MLP)")
     spectrum.add_argument("--init", choices=WEIGHT_INITS, default=default.init, help="weight init (MLP)")
     spectrum.add_argument("--sigma-w", type=_positive_float, default=default.sigma_w, help="weight scale sigma_w (MLP)")
-    spectrum.add_argument("--seed", type=int, default=default.seed, help="seed of inputs and initialisation")
+    spectrum.add_argument("--seed", type=_seed, default=default.seed, help="seed of inputs and initialisation")
     spectrum.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     spectrum.add_argument("--dtype", choices=tuple(DTYPES), default=default.dtype, help="precision of the Jacobian and SVD")
     spectrum.add_argument(
@@ -251,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(compare_parser, skip=("variant", "depth", "seed"))
     compare_parser.add_argument("--variants", type=_comma_list(str, VARIANTS), default="post_norm,pre_norm,rezero", help="comma-separated variants")
     compare_parser.add_argument("--depths", type=_comma_list(_positive_int), default="12", help="comma-separated depths")
-    compare_parser.add_argument("--seeds", type=_comma_list(int), default="0", help="comma-separated seeds")
+    compare_parser.add_argument("--seeds", type=_comma_list(_seed), default="0", help="comma-separated seeds")
     compare_parser.add_argument(
         "--devices", type=_comma_list(str), default=None,
         help="comma-separated devices, one worker process and one run at a time each (e.g. cuda:0,cuda:1); "
@@ -329,7 +339,7 @@ def _add_diagnose_parser(commands) -> None:
     diagnose.add_argument("--sigma-b", type=_finite_float, default=0.0, help="bias scale sigma_b (MLP), >= 0")
     diagnose.add_argument("--input-shape", default=None, help="FILE.py:FUNCTION targets: one sample's shape without the batch dimension, e.g. 16,64")
     diagnose.add_argument("--example-input", default=None, help="FILE.py:FUNCTION targets: FILE.py:FUNCTION returning an input batch (B, *in_shape)")
-    diagnose.add_argument("--seed", type=int, default=0, help="seed of inputs, initialisation and probes")
+    diagnose.add_argument("--seed", type=_seed, default=0, help="seed of inputs, initialisation and probes")
     diagnose.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     diagnose.add_argument(
         "--method", choices=DIAGNOSE_METHODS, default="auto",
@@ -389,6 +399,8 @@ def _add_train_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
             parser.add_argument(flag, default="auto", help=help_text)
             continue
         parse = {"int": int, "float": _finite_float, "str": str}[item.type.split(" | ")[0]]
+        if item.name == "seed":
+            parse = _seed
         parser.add_argument(flag, type=parse, default=default, help=help_text)
 
 
@@ -520,6 +532,8 @@ def _new_folder(output_dir: Path) -> Path:
 
     Nothing is created here, so a run that fails on its data leaves no empty folder.
     """
+    if str(output_dir) == ".":  # Path("") is Path(".") too
+        raise CommandError("--output-dir is empty or '.'; name a new folder for the results")
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise CommandError(f"--output-dir {output_dir}: exists and is not an empty folder; choose a new path")
     existing = output_dir  # a relative path ends at ".", which exists
@@ -553,6 +567,7 @@ def run_train(args: argparse.Namespace) -> int:
     output_dir = args.output_dir or _default_dir("train")
     if not args.resume and context.is_main:  # rank 0 may have written to it before another rank looks
         _new_folder(output_dir)
+    args.status_dir = output_dir  # lets main tell a signal after completion from one during the run
     result = train_run(config, output_dir, resume=args.resume, progress=not args.no_progress and context.is_main)
     if not context.is_main:
         return 0 if result.status == "completed" else EXIT_DIVERGED
@@ -568,6 +583,8 @@ def run_compare(args: argparse.Namespace) -> int:
     from .studies import compare
 
     base = _train_config(args, variant=args.variants[0], depth=args.depths[0], seed=args.seeds[0])
+    for depth in args.depths[1:]:  # before the output folder is made; compare checks every run again
+        dataclasses.replace(base, depth=depth).validate()
     if args.resume:
         if args.output_dir is None or not (args.output_dir / "runs").is_dir():
             raise CommandError("--resume needs --output-dir: the folder of an earlier comparison, with its runs folder")
@@ -612,6 +629,9 @@ def run_plot(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from None
     if records.empty:
         raise CommandError(f"RUN_DIR {run_dir} has no records yet; nothing to plot")
+    figures_dir = run_dir / "figures"
+    if figures_dir.exists() and not figures_dir.is_dir():
+        raise CommandError(f"{figures_dir} is a file, but plot writes its figures into that folder; move or delete the file")
     spectra_files = sorted(run_dir.rglob("spectra.csv"))  # each run's own; reproduce keeps no combined copy
     spectra = pd.concat([read_csv_rows(p) for p in spectra_files], ignore_index=True) if spectra_files else pd.DataFrame()
     runs = pd.DataFrame({"run": list(dict.fromkeys(records["run"]))})
@@ -707,7 +727,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     0 success, 2 invalid input, 3 a training run diverged, 130 interrupted (Ctrl-C),
     141 stdout closed early (a pipe into ``head``; what a shell reports for a writer
-    killed by SIGPIPE), 143 terminated (SIGTERM).
+    killed by SIGPIPE), 143 terminated (SIGTERM). A signal that reaches ``train`` after
+    its status.json records completed exits 0 with a note, because the run is whole.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -725,14 +746,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, ValueError, OSError) as error:  # OSError: unreadable files, a full disk, ...
         print(f"rezero-dynamics {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as error:
+        if _run_completed(args):
+            name = "SIGINT" if isinstance(error, KeyboardInterrupt) else "SIGTERM"
+            print(f"rezero-dynamics {args.command}: {name} arrived after the run completed; "
+                  f"run folder {args.status_dir}", file=sys.stderr)
+            return 0
+        if isinstance(error, Terminated):
+            print(f"rezero-dynamics {args.command}: terminated (SIGTERM); {args.interrupted_note}", file=sys.stderr)
+            return EXIT_TERMINATED
         print(f"rezero-dynamics {args.command}: interrupted; {args.interrupted_note}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Terminated:
-        print(f"rezero-dynamics {args.command}: terminated (SIGTERM); {args.interrupted_note}", file=sys.stderr)
-        return EXIT_TERMINATED
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _run_completed(args: argparse.Namespace) -> bool:
+    """Return whether the status.json of ``train`` records a completed run."""
+    status_dir = getattr(args, "status_dir", None)
+    try:
+        return status_dir is not None and json.loads((status_dir / "status.json").read_text())["status"] == "completed"
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _raise_terminated(signum: int, frame: object) -> None:

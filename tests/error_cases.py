@@ -189,6 +189,63 @@ def _(folder):
     return cli_error(["plot", str(folder)])
 
 
+@case("cli-seed-out-of-range", CLI, "`spectrum --seed 99999999999999999999`")
+def _(folder):
+    return cli_error(["spectrum", "--seed", "99999999999999999999"])
+
+
+@case("cli-seeds-negative", CLI, "`compare --seeds 0,-1`")
+def _(folder):
+    return cli_error(["compare", "--seeds", "0,-1"])
+
+
+@case("cli-depth-too-large", CLI, "`spectrum --depths 4,999999999999999999999`",
+      masks=(r"more than the (.*) GiB of memory",))
+def _(folder):
+    return cli_error(["spectrum", "--depths", "4,999999999999999999999"])
+
+
+@case("cli-compare-depth-too-large", CLI, "`compare --depths 4,99999999999999`",
+      masks=(r"more than the (.*) GiB of memory",))
+def _(folder):
+    return cli_error(["compare", *TRAIN_TINY, "--depths", "4,99999999999999", "--output-dir", str(folder / "out")])
+
+
+@case("cli-plot-bad-value", CLI, "`plot` of a run whose records.csv has the value `abc`")
+def _(folder):
+    (folder / "records.csv").write_text("run,step,quantity,layer,value\nref,0,grad_norm,1,abc\n")
+    return cli_error(["plot", str(folder)])
+
+
+@case("cli-diagnose-bad-step", CLI, "`diagnose` of a run whose records.csv has the step `x`")
+def _(folder):
+    (folder / "records.csv").write_text("run,step,quantity,layer,value\nref,x,grad_norm,1,1.0\n")
+    return cli_error(["diagnose", str(folder)])
+
+
+@case("cli-plot-binary-records", CLI, "`plot` of a run whose records.csv is random bytes")
+def _(folder):
+    (folder / "records.csv").write_bytes(bytes([0xA8, 0x13, 0xFF, 0x00, 0x42]) * 8)
+    return cli_error(["plot", str(folder)])
+
+
+@case("cli-plot-figures-is-file", CLI, "`plot` of a run whose `figures` is a file")
+def _(folder):
+    (folder / "records.csv").write_text("run,step,quantity,layer,value\nref,0,grad_norm,1,1.0\n")
+    (folder / "figures").write_text("not a folder")
+    return cli_error(["plot", str(folder)])
+
+
+@case("cli-output-dir-empty", CLI, "`train --output-dir ''`")
+def _(folder):
+    return cli_error(["train", *TRAIN_TINY, "--output-dir", ""])
+
+
+@case("cli-data-path-unused", CLI, "`train --data default --data-path enwik8`")
+def _(folder):
+    return cli_error(["train", *TRAIN_TINY, "--data", "default", "--data-path", "enwik8"])
+
+
 # -- configuration values ------------------------------------------------------------------
 
 def _train_config(**settings):
@@ -248,9 +305,24 @@ def _(folder):
     return _train_config(clip_norm=-1.0)
 
 
-@case("config-weight-decay-negative", CONFIG, "`TrainConfig(weight_decay=-1)`")
+@case("config-weight-decay-negative", CONFIG, "`TrainConfig(weight_decay=-1.0).validate()`")
 def _(folder):
     return _train_config(weight_decay=-1.0)
+
+
+@case("config-seed-negative", CONFIG, "`TrainConfig(seed=-1).validate()`")
+def _(folder):
+    return _train_config(seed=-1)
+
+
+@case("config-spectrum-seed-too-large", CONFIG, "`SpectrumConfig(seed=2**63).validate()`")
+def _(folder):
+    return _spectrum_config(seed=2**63)
+
+
+@case("config-depth-too-large", CONFIG, "`TrainConfig(depth=10**15).validate()`", masks=(r"more than the (.*) GiB of memory",))
+def _(folder):
+    return _train_config(depth=10**15)
 
 
 @case("config-dropout-one", CONFIG, "`TrainConfig(dropout=1.0)`")
@@ -378,6 +450,31 @@ def _(folder):
 def _(folder):
     batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 12]}
     return _cifar(_cifar_folder(folder, pickle.dumps(batch, protocol=2)))
+
+
+@case("data-cifar-string-labels", DATA, "CIFAR-10 batch with label `'a'`")
+def _(folder):
+    batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, "a"]}
+    return _cifar(_cifar_folder(folder, pickle.dumps(batch, protocol=2)))
+
+
+@case("data-cifar-no-images", DATA, "CIFAR-10 folder whose batches hold 0 images")
+def _(folder):
+    batches = _cifar_folder(folder, None)
+    empty = pickle.dumps({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, protocol=2)
+    for path in batches.iterdir():
+        path.write_bytes(empty)
+    return _cifar(batches)
+
+
+@case("data-cifar-too-few-images", DATA, "CIFAR-10 folder of 20 training images, 5000 for validation")
+def _(folder):
+    return _cifar(_cifar_folder(folder, None))
+
+
+@case("data-cifar-batch-file", DATA, "CIFAR-10 batch file `data_batch_1` passed instead of its folder")
+def _(folder):
+    return _cifar(_cifar_folder(folder, None) / "data_batch_1")
 
 
 class _WritesMarker:
@@ -733,7 +830,9 @@ checks every row against the live message, so the catalogue and the code cannot 
 Other outcomes of the command line: 3 when a training run diverged, 130 after SIGINT
 (Ctrl-C) and 143 after SIGTERM. `train` and `compare` stop at the end of the current
 step, flush the records, write a checkpoint of that step and mark the run `interrupted`;
-`--resume` continues exactly. A second signal stops at once.
+`--resume` continues exactly. A second signal stops at once; status.json then gives the
+step of the newest checkpoint. A signal that reaches `train` after its status.json says
+`completed` exits 0 with a note that it arrived after completion.
 """
 
 

@@ -251,3 +251,29 @@ def test_train_defaults_follow_task_and_model():
                                                   "--depth", "56", "--data", "digits"]))
     assert (chosen.depth, chosen.data) == (56, "digits")
     assert cli._train_config(parser.parse_args(["train"])).data == "default"
+
+
+def test_depth_past_memory_rejected(monkeypatch):
+    from rezero_dynamics import _checks
+    from rezero_dynamics.studies import SpectrumConfig
+    from rezero_dynamics.training import TrainConfig
+
+    monkeypatch.setattr(_checks, "memory_bytes", lambda: 2**20)  # 1 MiB
+    # MLP of width 64 in float64: 64 * 64 * 8 = 32 KiB per block, so 32 blocks fill 1 MiB.
+    SpectrumConfig(model="mlp", width=64, depths=(32,)).validate()
+    with pytest.raises(ValueError, match=r"depth 33 needs about 0.00101 GiB .*\(4096 per block, 8 bytes each\)"):
+        SpectrumConfig(model="mlp", width=64, depths=(4, 33)).validate()
+    # LM of d_model 64: 4 * 64**2 + 2 * 64 * 256 = 49152 weights of 4 bytes per block.
+    TrainConfig(depth=5).validate()
+    with pytest.raises(ValueError, match=r"depth 6 needs .*\(49152 per block, 4 bytes each\)"):
+        TrainConfig(depth=6).validate()
+
+
+def test_compare_checks_every_depth_first(tmp_path):
+    from rezero_dynamics.studies import compare
+    from rezero_dynamics.training import TrainConfig
+
+    base = TrainConfig(depth=1, d_model=8, heads=2, seq_len=8, batch_size=2, steps=1, eval_every=0, eval_batches=1)
+    with pytest.raises(ValueError, match="depth 100000000000000 needs"):
+        compare(base, tmp_path, variants=("rezero",), depths=(1, 10**14), seeds=(0,), progress=False)
+    assert not (tmp_path / "runs" / "rezero-L1-s0").exists()

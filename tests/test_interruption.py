@@ -295,3 +295,82 @@ def test_resume_before_first_checkpoint(tmp_path, small_corpus):
     (killed / "records.csv").write_text("run,step,quantity,layer,value\nrun,0,loss,all,9.0\nrun,1,lo")
     assert train(config, killed, corpus=small_corpus, resume=True).status == "completed"
     pd.testing.assert_frame_equal(_sorted_records(killed), _sorted_records(reference))
+
+
+def test_plain_pickle_checkpoint_no_warning(tmp_path):
+    import pickle
+    import warnings
+
+    from rezero_dynamics.training import CheckpointError, load_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(pickle.dumps({"step": 1}, protocol=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        with pytest.raises(CheckpointError, match="was not loaded"):
+            load_checkpoint(path)
+
+
+def _tiny_run_statuses(tmp_path, monkeypatch, stop_at: int | None):
+    """Train 6 steps with checkpoints every 2; return every status.json written and the result."""
+    from rezero_dynamics.training import loop
+    from rezero_dynamics.training.step import TrainingStep
+
+    written = []
+    write_json = loop._write_json
+
+    def record(path, payload):
+        if path.name == loop.STATUS_FILE:
+            written.append(dict(payload))
+        write_json(path, payload)
+
+    monkeypatch.setattr(loop, "_write_json", record)
+    if stop_at is not None:
+        call = TrainingStep.__call__
+
+        def stop(self, step, batch):
+            if step == stop_at:  # as a second SIGINT that stops at once, between checkpoints
+                raise KeyboardInterrupt
+            return call(self, step, batch)
+
+        monkeypatch.setattr(TrainingStep, "__call__", stop)
+    config = TrainConfig(depth=1, d_model=8, heads=2, seq_len=8, batch_size=2, steps=6, eval_every=0,
+                         eval_batches=1, checkpoint_every=2)
+    corpus = CharCorpus.from_text("abcdefgh" * 200)
+    try:
+        train(config, tmp_path / "run", corpus=corpus)
+    except KeyboardInterrupt:
+        pass
+    return written
+
+
+def test_status_step_follows_checkpoints(tmp_path, monkeypatch):
+    written = _tiny_run_statuses(tmp_path, monkeypatch, stop_at=None)
+    assert [(w["status"], w["step"]) for w in written] == [
+        ("running", -1), ("running", 2), ("running", 4), ("running", 5), ("completed", 5),
+    ]
+
+
+def test_status_step_is_checkpoint_when_interrupted(tmp_path, monkeypatch):
+    written = _tiny_run_statuses(tmp_path, monkeypatch, stop_at=3)
+    assert written[-1]["status"] == "interrupted"
+    assert written[-1]["step"] == 2
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2
+
+
+def test_sigterm_after_completion_exits_zero(tmp_path, monkeypatch, capsys):
+    import rezero_dynamics.training as training
+    from rezero_dynamics.cli import Terminated, main
+
+    real_train = training.train
+
+    def train_then_signal(*args, **kwargs):
+        real_train(*args, **kwargs)
+        raise Terminated()  # SIGTERM right after the completed status was written
+
+    monkeypatch.setattr(training, "train", train_then_signal)
+    argv = ["train", "--depth", "1", "--d-model", "8", "--heads", "2", "--seq-len", "8", "--batch-size", "2",
+            "--steps", "2", "--eval-every", "0", "--eval-batches", "1", "--no-progress",
+            "--output-dir", str(tmp_path / "run")]
+    assert main(argv) == 0
+    assert "SIGTERM arrived after the run completed" in capsys.readouterr().err

@@ -1,5 +1,8 @@
 """Tracker statistics against brute-force computations, and the no-host-sync contract."""
 
+import re
+
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -211,3 +214,41 @@ def test_interrupted_flush_keeps_rows(tmp_path, monkeypatch):
     records = read_records(tmp_path / "records.csv")
     assert (records["quantity"] == "loss").sum() == 1
     assert len(records) == len(tracker.rows)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("ref,0,grad_norm,1,abc", "line 3: value must be a number, got 'abc'"),
+        ("ref,x,grad_norm,1,1.0", "line 3: step must be an integer, got 'x'"),
+        ("ref,2.5,grad_norm,1,1.0", "line 3: step must be an integer, got '2.5'"),
+    ],
+)
+def test_records_bad_row_rejected(tmp_path, row, message):
+    path = tmp_path / "records.csv"
+    path.write_text("run,step,quantity,layer,value\nref,0,grad_norm,1,1.5\n" + row + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path} {message}")):
+        read_records(path)
+
+
+def test_records_keep_nan_and_inf(tmp_path):
+    path = tmp_path / "records.csv"
+    path.write_text("run,step,quantity,layer,value\nref,0,loss,,nan\nref,1,loss,,inf\nref,2,loss,,-inf\n")
+    records = read_records(path)
+    assert records["step"].dtype == np.int64
+    assert np.isnan(records["value"].iloc[0])
+    assert records["value"].iloc[1:].tolist() == [np.inf, -np.inf]
+
+
+def test_records_binary_file_rejected(tmp_path):
+    path = tmp_path / "records.csv"
+    path.write_bytes(b"run,step\n\xa8\x01\x02\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path} is not a UTF-8 CSV file (invalid byte 0xa8 on line 2)")):
+        read_records(path)
+
+
+def test_records_wrong_columns_rejected(tmp_path):
+    path = tmp_path / "records.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="has columns \\['a', 'b'\\], expected"):
+        read_records(path)

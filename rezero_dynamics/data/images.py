@@ -63,6 +63,8 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
         ("_codecs", "encode"),  # Python 3 pickles of bytes at protocol 2; it only encodes text
+        ("__builtin__", "bytes"),  # an empty bytes buffer (an array of 0 images) at protocol 2
+        ("builtins", "bytes"),
     }
 
     def find_class(self, module: str, name: str):
@@ -95,7 +97,13 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"{path} is not a CIFAR-10 Python batch: expected a dict with b'data' of shape "
             f"(N, {CIFAR10_FEATURES}) uint8 and b'labels'"
         )
-    labels = np.asarray(labels, dtype=np.int64)
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"{path} has labels that are not integers ({error}); CIFAR-10 labels are 0..9, so the file "
+            f"is corrupted or not from cifar-10-python.tar.gz"
+        ) from None
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise ValueError(f"{path} has labels outside 0..9 ({labels.min()}..{labels.max()}); CIFAR-10 has 10 classes")
     if len(labels) != data.shape[0]:
@@ -110,14 +118,27 @@ def load_cifar10(folder: str | Path, *, validation_images: int = 5000) -> ImageD
     split is ``test_batch``. Features are the 3,072 pixel values scaled to [0, 1].
     """
     folder = Path(folder)
+    if folder.is_file():
+        raise ValueError(
+            f"CIFAR-10 folder {folder} is a file, not a folder; pass the folder that contains it, {folder.parent}"
+        )
     if not folder.is_dir():
         raise FileNotFoundError(f"CIFAR-10 folder {folder} not found; pass the unpacked 'cifar-10-batches-py' folder")
     parts = [_read_cifar_batch(folder / name) for name in CIFAR10_BATCHES]
     data = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     test_data, test_labels = _read_cifar_batch(folder / CIFAR10_TEST)
+    if len(labels) < 2:
+        raise ValueError(
+            f"CIFAR-10 folder {folder} has {len(labels)} training image(s) in {', '.join(CIFAR10_BATCHES)}; "
+            f"at least 2 are needed (CIFAR-10 has 50000), so pass the full unpacked 'cifar-10-batches-py' folder"
+        )
     if not 0 < validation_images < len(labels):
-        raise ValueError(f"validation_images must be between 1 and {len(labels) - 1}, got {validation_images}")
+        raise ValueError(
+            f"validation_images must be between 1 and {len(labels) - 1}, got {validation_images}, because CIFAR-10 "
+            f"folder {folder} has {len(labels)} training images; pass a smaller validation_images or the full "
+            f"folder of 50000 images"
+        )
 
     def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(x.astype(np.float32) / 255.0), torch.from_numpy(y)

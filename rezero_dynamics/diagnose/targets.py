@@ -65,7 +65,7 @@ def toolkit_target(config: SpectrumConfig, inputs: str = "auto") -> Target:
     config = replace(config, variants=(variant,), depths=(depth,), inputs="gaussian" if inputs == "fixed_point" else inputs)
     config.validate()
     with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(config.seed * 1_000_003)  # as spectrum_study's first job
+        torch.default_generator.manual_seed(config.seed * 1_000_003 % 2**64)  # as spectrum_study's first job
         stack = build_stack(config, variant, depth)
     samples = study_inputs(config)
     if inputs == "fixed_point":

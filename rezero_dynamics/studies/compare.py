@@ -115,6 +115,8 @@ def compare(
                     settings.setdefault("alpha_init", 0.0)  # the base's alpha_init is for the gated variants
                 jobs.append((name, dataclasses.replace(base, **settings), output_dir / "runs" / name))
                 labels.append(variant)
+    for _, config, _ in jobs:  # reject a bad depth or seed before the first run starts
+        config.validate()
     devices = list(devices or [])
     if len(devices) == 1:
         jobs = [(name, dataclasses.replace(config, device=devices[0]), run_dir) for name, config, run_dir in jobs]

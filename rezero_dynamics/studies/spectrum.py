@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._checks import check_positive_int
+from .._checks import check_model_fits, check_positive_int, check_seed
 from ..data.text import DEFAULT_CORPUS_NAME, CharVocabulary, default_corpus, text_windows
 from ..models import ACTIVATIONS, WEIGHT_INITS, DeepMLP, TransformerEncoder
 from ..residual import check_variant
@@ -97,6 +97,14 @@ class SpectrumConfig:
             check_positive_int("depth", depth)
         for name in ("width", "heads", "seq_len", "num_inputs", "k", "probes", "lanczos_steps"):
             check_positive_int(name, getattr(self, name))
+        check_seed("seed", self.seed)
+        if self.model == "transformer":
+            d_ff = 4 * self.width if self.d_ff is None else self.d_ff
+            per_block = 4 * self.width**2 + 2 * self.width * d_ff  # attention and feed-forward weights
+        else:
+            per_block = self.width**2
+        itemsize = torch.finfo(DTYPES[self.dtype]).bits // 8 if self.dtype in DTYPES else 4
+        check_model_fits("depth", max(self.depths), per_block, itemsize)
         if self.model == "transformer" and self.width % self.heads != 0:
             raise ValueError(
                 f"width={self.width} is not divisible by heads={self.heads}; pick heads that divide the width"
@@ -198,7 +206,7 @@ def spectrum_study(config: SpectrumConfig, *, progress: bool = False) -> tuple[p
     values, summaries = [], []
     for index, (variant, depth) in enumerate(tqdm(jobs, desc=f"spectra ({method})", disable=not progress)):
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(config.seed * 1_000_003 + index)
+            torch.default_generator.manual_seed((config.seed * 1_000_003 + index) % 2**64)
             stack = build_stack(config, variant, depth)
         stack = stack.to(device)
         labels = {"variant": variant, "depth": depth}

@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 RECORD_COLUMNS: tuple[str, ...] = ("run", "step", "quantity", "layer", "value")
@@ -129,7 +130,16 @@ def read_csv_rows(path: str | Path, dtype: dict | None = None) -> pd.DataFrame:
     A file that holds no complete header (created, then cut short by a crash) reads as
     an empty frame.
     """
-    text = Path(path).read_text(encoding="utf-8")
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise ValueError(
+            f"{path} is not a UTF-8 CSV file (invalid byte 0x{raw[error.start]:02x} on line {line}); "
+            "it is damaged or was not written by rezero-dynamics, so delete it or rerun the run that wrote it"
+        ) from None
     if not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
     if not text:
@@ -157,5 +167,32 @@ def read_records(path: str | Path) -> pd.DataFrame:
     frames = []
     for file in files:
         frame = read_csv_rows(file, dtype=_RECORD_DTYPES)
-        frames.append(frame if len(frame.columns) else pd.DataFrame(columns=list(RECORD_COLUMNS)))
+        frames.append(_checked_records(frame, file) if len(frame.columns) else pd.DataFrame(columns=list(RECORD_COLUMNS)))
     return pd.concat(frames, ignore_index=True)
+
+
+def _checked_records(frame: pd.DataFrame, file: Path) -> pd.DataFrame:
+    """Check the columns and types of one records file: integer steps, numeric values.
+
+    NaN and infinite values are legitimate (a diverged run records them). Raises
+    ValueError naming ``file``, the first bad line and the fix.
+    """
+    fix = "fix or delete that line, or rerun the run that wrote the file"
+    if tuple(frame.columns) != RECORD_COLUMNS:
+        raise ValueError(
+            f"{file} has columns {list(frame.columns)}, expected {list(RECORD_COLUMNS)}; "
+            "pass a records.csv written by train or compare"
+        )
+    # Line numbers count the header as line 1; pandas skips blank lines, so after one
+    # the number is a lower bound.
+    steps = pd.to_numeric(frame["step"], errors="coerce")
+    bad_step = ~np.isfinite(steps.to_numpy(dtype="float64")) | (steps != steps.round()).to_numpy()
+    if bad_step.any():
+        row = int(bad_step.argmax())
+        raise ValueError(f"{file} line {row + 2}: step must be an integer, got {str(frame['step'].iloc[row])!r}; {fix}")
+    values = pd.to_numeric(frame["value"], errors="coerce")
+    bad_value = values.isna() & frame["value"].notna()
+    if bad_value.any():
+        row = int(bad_value.to_numpy().argmax())
+        raise ValueError(f"{file} line {row + 2}: value must be a number, got {str(frame['value'].iloc[row])!r}; {fix}")
+    return frame.assign(step=steps.astype("int64"), value=values.astype("float64"))

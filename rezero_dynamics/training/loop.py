@@ -7,7 +7,8 @@ A run folder contains five files:
 * ``spectra.csv``: Jacobian singular values at scheduled steps;
 * ``checkpoint.pt``: written every ``checkpoint_every`` steps and at the end;
 * ``status.json``: running, completed, diverged, interrupted or failed, with the step
-  and the cause.
+  and the cause. While running and after an interruption the step is that of the newest
+  checkpoint; the file is rewritten atomically at each checkpoint.
 
 Divergence is detected without a host synchronisation per step: a device tensor keeps
 the first step with a non-finite loss or gradient norm, and it is read at evaluations,
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._checks import check_model_fits, check_seed
 from ..data import CharCorpus, load_cifar10, load_digits, load_enwik8
 from ..models import ACTIVATIONS, RESNET_VARIANTS, WEIGHT_INITS
 from ..models.resnet import resnet_blocks_per_stage
@@ -131,6 +133,11 @@ class TrainConfig:
             raise ValueError(f"data {self.data!r} does not fit task {self.task!r}; choose one of {', '.join(TASKS[self.task])}")
         if self.data in ("enwik8", "cifar10") and not self.data_path:
             raise ValueError(f"data {self.data!r} needs data_path (--data-path): the local file or folder to read")
+        if self.data not in ("enwik8", "cifar10") and self.data_path:
+            raise ValueError(
+                f"data_path (--data-path) {self.data_path!r} is not read by data {self.data!r} (--data), which is "
+                f"built in; drop --data-path or choose --data enwik8 or cifar10"
+            )
         check_variant(self.variant)
         for name in ("depth", "d_model", "heads", "seq_len", "width", "batch_size", "steps", "eval_batches",
                      "spectrum_inputs", "spectrum_tokens"):
@@ -161,6 +168,8 @@ class TrainConfig:
                 f"spectrum_tokens={self.spectrum_tokens} exceeds seq_len={self.seq_len}; use --spectrum-tokens "
                 f"at most --seq-len"
             )
+        check_seed("seed", self.seed)
+        check_model_fits("depth", self.depth, self._parameters_per_block(), 4)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.precision not in PRECISIONS:
@@ -169,6 +178,15 @@ class TrainConfig:
             self._validate_resnet()
         self._validate_unused()
         return self
+
+    def _parameters_per_block(self) -> int:
+        """Return a lower bound on the weights of one block of the model this config trains."""
+        if self.task == "lm":
+            d_ff = 4 * self.d_model if self.d_ff is None else self.d_ff
+            return 4 * self.d_model**2 + 2 * self.d_model * d_ff
+        if self.classifier_model == "resnet":
+            return 9 * 16 * 16  # one 3 x 3 convolution of the narrowest stage
+        return self.width**2
 
     def _validate_unused(self) -> None:
         if self.task == "lm":
@@ -414,10 +432,12 @@ def _train(
     if resume and "scaler" in state:
         run_step.scaler.load_state_dict(state["scaler"])
     status, cause, step = "running", None, start - 1
+    saved_step = start - 1  # the step of the newest checkpoint
     if main:
         _write_json(run_dir / STATUS_FILE, {"status": status, "step": step, "cause": None})
 
     def save(at_step: int) -> None:
+        nonlocal saved_step
         if not main:
             return
         save_checkpoint(
@@ -430,6 +450,9 @@ def _train(
             },
             checkpoint_path,
         )
+        saved_step = at_step
+        # A sweep monitor reads progress here; the step is always one a resume starts after.
+        _write_json(run_dir / STATUS_FILE, {"status": "running", "step": at_step, "cause": None})
 
     def save_on_stop(at_step: int, saved: bool) -> None:
         tracker.flush()
@@ -479,6 +502,7 @@ def _train(
     except BaseException as error:  # KeyboardInterrupt (SIGINT), and the CLI's SIGTERM exception
         signal_name = "SIGINT or Ctrl-C" if isinstance(error, KeyboardInterrupt) else type(error).__name__
         status, cause = "interrupted", f"interrupted ({signal_name}); resume from the last checkpoint"
+        step = saved_step  # a second signal can stop between checkpoints; resume starts after this step
         raise
     finally:
         tracker.close()
