@@ -3,6 +3,7 @@
 import json
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -83,10 +84,8 @@ def worker(rank, world_size, port, folder):
         train(CONFIG, folder / "from-one", corpus=corpus, resume=True)
 
 
-@pytest.fixture(scope="module")
-def two_process_runs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ddp")
-    corpus = small_corpus()
+def build_runs(folder, corpus):
+    """Write the single-process runs into ``folder``, then run the two-process worker."""
     train(CONFIG, folder / "straight", corpus=corpus)
 
     original_save = loop.save_checkpoint
@@ -103,16 +102,25 @@ def two_process_runs(tmp_path_factory):
     finally:
         loop.save_checkpoint = original_save
 
+    mp.start_processes(worker, args=(2, free_port(), folder), nprocs=2, join=True, start_method="spawn")
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory):
+    corpus = small_corpus()
     # The port is chosen before the workers start, so another process on the machine may
-    # take it first. Such a failure happens in init_process_group, before any file is written.
-    for attempt in range(3):
+    # take it first; a run in the full suite also failed once in setup for a reason not
+    # captured. One retry in a fresh folder, with a warning that shows the first error.
+    # A deterministic fault fails both attempts.
+    for attempt in range(2):
+        folder = tmp_path_factory.mktemp("ddp")
         try:
-            mp.start_processes(worker, args=(2, free_port(), folder), nprocs=2, join=True, start_method="spawn")
-            break
+            build_runs(folder, corpus)
+            return folder, corpus
         except mp.ProcessRaisedException as error:
-            if attempt == 2 or "address already in use" not in str(error).lower():
+            if attempt == 1:
                 raise
-    return folder, corpus
+            warnings.warn(f"two-process run failed, retrying once: {error}", stacklevel=1)
 
 
 def series(run_dir, quantity):
