@@ -472,7 +472,7 @@ build on it:
 * `jacobian_moments`: chi = tr(J^T J) / n and m2 = tr((J^T J)^2) / n from random sign
   vectors, with standard errors.
 
-First on the small model, where the exact answer is known.
+First on the small model, where the exact spectrum is known.
 """),
     code("""
 operator = JacobianOperator(model, inputs[:1], dtype=torch.float64)

@@ -739,7 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # so that a closed pipe raises here, not at interpreter exit
         return status
     except BrokenPipeError:
-        # The reader went away: send the rest to devnull, so the exit flush cannot fail again.
+        # The reader closed the pipe. Point stdout at /dev/null, so the flush at exit cannot raise again.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE

@@ -234,7 +234,7 @@ def tanh_jacobian_moments(sigma_w2: float, sigma_b2: float, depth: int, *, weigh
 
 
 def tanh_critical_sigma_w2(sigma_b2: float) -> float:
-    """The sigma_w2 at which chi = sigma_w2 E[tanh'(sqrt(q*) z)^2] equals 1 for bias variance ``sigma_b2``.
+    """Return the sigma_w2 at which chi = sigma_w2 E[tanh'(sqrt(q*) z)^2] equals 1 for bias variance ``sigma_b2``.
 
     This is the mean-field order-to-chaos transition that ``tanh_jacobian_moments``
     assumes: below it chi < 1 and gradients vanish with depth, above it they explode.

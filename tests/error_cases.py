@@ -831,7 +831,7 @@ Other outcomes of the command line: 3 when a training run diverged, 130 after SI
 (Ctrl-C) and 143 after SIGTERM. `train` and `compare` stop at the end of the current
 step, flush the records, write a checkpoint of that step and mark the run `interrupted`;
 `--resume` continues exactly. A second signal stops at once; status.json then gives the
-step of the newest checkpoint. A signal that reaches `train` after its status.json says
+step of the newest checkpoint. A signal that reaches `train` after its status.json records
 `completed` exits 0 with a note that it arrived after completion.
 """
 

@@ -108,10 +108,10 @@ def build_runs(folder, corpus):
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory):
     corpus = small_corpus()
-    # The port is chosen before the workers start, so another process on the machine may
-    # take it first; a run in the full suite also failed once in setup for a reason not
-    # captured. One retry in a fresh folder, with a warning that shows the first error.
-    # A deterministic fault fails both attempts.
+    # The port is chosen before the workers start, so another process may take it first.
+    # Full-suite runs also failed in setup twice for a reason not captured. So the fixture
+    # retries once in a fresh folder and warns with the first error. A deterministic
+    # fault fails both attempts.
     for attempt in range(2):
         folder = tmp_path_factory.mktemp("ddp")
         try:

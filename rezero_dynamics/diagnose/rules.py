@@ -11,7 +11,7 @@ from .thresholds import limit
 
 @dataclass(frozen=True)
 class Architecture:
-    """What the diagnosis knows of a model's normalisation, for advice in messages.
+    """Facts about a model's normalisation and residual variant, used in the advice of findings.
 
     Attributes:
         post_norm_blocks: residual blocks of the toolkit's ``post_norm`` variant.

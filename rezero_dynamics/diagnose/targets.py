@@ -1,4 +1,4 @@
-"""What to diagnose: a toolkit model built by name, or a user's model from a Python file.
+"""Diagnosis targets: a toolkit model built by name, or a user's model from a Python file.
 
 User files are executed as Python, like any script the user runs. Every mistake in
 them (a syntax error, a missing function, a factory that returns something else, an

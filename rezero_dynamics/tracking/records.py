@@ -31,7 +31,7 @@ def replace_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(temporary)`` and rename the temporary file to ``path``.
 
     The temporary file is fsynced before the rename and the folder after it, so ``path``
-    holds either its old or its new content after a crash, never a part of either.
+    contains either its old or its new content after a crash, never a part of either.
     """
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
@@ -127,7 +127,7 @@ class RecordWriter(CsvAppender):
 def read_csv_rows(path: str | Path, dtype: dict | None = None) -> pd.DataFrame:
     """Read a CSV file written by ``CsvAppender``, without a last row that lacks its newline.
 
-    A file that holds no complete header (created, then cut short by a crash) reads as
+    A file that contains no complete header (created, then cut short by a crash) reads as
     an empty frame.
     """
     path = Path(path)
